@@ -1,0 +1,1 @@
+//! Only the models in `tests/` matter; they run under `RUSTFLAGS="--cfg loom"`.

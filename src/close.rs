@@ -1,0 +1,264 @@
+//! Finishing a close: who closes the fd once its loans have drained, and how the
+//! owner waits for that (blocking, as a future, or by a handle it checks later).
+//!
+//! The liveness word decides *when* (the release that drains the count); this module
+//! decides *who*. A [`CloseSignal`] is stored in the fd's slot before the word turns
+//! `Closing`, so the drainer always finds it.
+
+use crate::fd;
+use crate::sync::{lock, Arc, Condvar, Mutex};
+use nix::errno::Errno;
+use std::future::Future;
+use std::io;
+use std::os::fd::RawFd;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+/// Who calls `close(2)` once the last loan is back.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Closer {
+    /// Whichever thread returns the last loan (deferred close).
+    LastLoan,
+    /// The owner, woken by the last loan (`close_wait`, `close_async`).
+    Owner,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Stage {
+    Lent,
+    Drained,
+    Closed(Result<(), Errno>),
+}
+
+struct Progress {
+    closer: Closer,
+    stage: Stage,
+    waker: Option<Waker>,
+}
+
+/// Shared between the owner and the slot of one closing fd.
+pub(crate) struct CloseSignal {
+    progress: Mutex<Progress>,
+    changed: Condvar,
+}
+
+impl CloseSignal {
+    pub(crate) fn new(closer: Closer) -> Arc<CloseSignal> {
+        Arc::new(CloseSignal {
+            progress: Mutex::new(Progress { closer, stage: Stage::Lent, waker: None }),
+            changed: Condvar::new(),
+        })
+    }
+
+    /// Called exactly once per incarnation, by the release that drained its count.
+    pub(crate) fn drained(&self, fd: RawFd) {
+        let waker = {
+            let mut progress = lock(&self.progress);
+            progress.stage = match progress.closer {
+                // SAFETY: the drain freed the slot, so this thread alone owns `fd`.
+                Closer::LastLoan => Stage::Closed(unsafe { fd::close(fd) }),
+                Closer::Owner => Stage::Drained,
+            };
+            progress.waker.take()
+        };
+        self.changed.notify_all();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Blocks until `done` holds for the stage.
+    fn wait_until(&self, done: impl Fn(Stage) -> bool) -> Stage {
+        let mut progress = lock(&self.progress);
+        while !done(progress.stage) {
+            progress = self.changed.wait(progress).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        progress.stage
+    }
+
+    fn poll_until(&self, cx: &mut Context<'_>, done: impl Fn(Stage) -> bool) -> Poll<Stage> {
+        let mut progress = lock(&self.progress);
+        if done(progress.stage) {
+            return Poll::Ready(progress.stage);
+        }
+        if !progress.waker.as_ref().is_some_and(|waker| waker.will_wake(cx.waker())) {
+            progress.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// The owner stops waiting. Returns true when the loans have already drained, so
+    /// the owner must close now; otherwise the last loan will.
+    fn abandon(&self) -> bool {
+        let mut progress = lock(&self.progress);
+        progress.closer = Closer::LastLoan;
+        progress.waker = None;
+        progress.stage == Stage::Drained
+    }
+
+    pub(crate) fn wait_drained(&self) {
+        self.wait_until(|stage| stage != Stage::Lent);
+    }
+}
+
+fn is_closed(stage: Stage) -> bool {
+    matches!(stage, Stage::Closed(_))
+}
+
+fn is_drained(stage: Stage) -> bool {
+    stage != Stage::Lent
+}
+
+fn to_io(result: Result<(), Errno>) -> io::Result<()> {
+    result.map_err(|errno| io::Error::from_raw_os_error(errno as i32))
+}
+
+fn outcome(stage: Stage) -> io::Result<()> {
+    match stage {
+        Stage::Closed(result) => to_io(result),
+        other => unreachable!("close outcome read at stage {other:?}"),
+    }
+}
+
+/// A deferred close in progress, returned by [`Lender::close`](crate::Lender::close):
+/// the fd closes when its last loan returns, on that loan's thread. Keep this to learn
+/// the `close(2)` result; dropping it does not stop or leak the close.
+///
+/// It is also a `Future` of that result, woken by the last returning loan.
+#[must_use = "the close(2) result is only reported through this handle"]
+pub struct Closing {
+    inner: ClosingInner,
+}
+
+enum ClosingInner {
+    Done(Result<(), Errno>),
+    Pending(Arc<CloseSignal>),
+}
+
+impl Closing {
+    pub(crate) fn done(result: Result<(), Errno>) -> Closing {
+        Closing { inner: ClosingInner::Done(result) }
+    }
+
+    pub(crate) fn pending(signal: Arc<CloseSignal>) -> Closing {
+        Closing { inner: ClosingInner::Pending(signal) }
+    }
+
+    /// The `close(2)` result, if the fd has closed yet.
+    pub fn result(&self) -> Option<io::Result<()>> {
+        match &self.inner {
+            ClosingInner::Done(result) => Some(to_io(*result)),
+            ClosingInner::Pending(signal) => {
+                let stage = lock(&signal.progress).stage;
+                is_closed(stage).then(|| outcome(stage))
+            }
+        }
+    }
+
+    /// True once the fd has closed.
+    pub fn is_closed(&self) -> bool {
+        self.result().is_some()
+    }
+
+    /// Blocks until the last loan has returned and closed the fd; its result.
+    pub fn wait(self) -> io::Result<()> {
+        match self.inner {
+            ClosingInner::Done(result) => to_io(result),
+            ClosingInner::Pending(signal) => outcome(signal.wait_until(is_closed)),
+        }
+    }
+}
+
+impl Future for Closing {
+    type Output = io::Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &self.inner {
+            ClosingInner::Done(result) => Poll::Ready(to_io(*result)),
+            ClosingInner::Pending(signal) => signal.poll_until(cx, is_closed).map(outcome),
+        }
+    }
+}
+
+impl std::fmt::Debug for Closing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Closing").field("closed", &self.is_closed()).finish()
+    }
+}
+
+/// [`Lender::close_async`](crate::Lender::close_async): resolves once every loan is
+/// back, closing the fd on the thread that polls it. Runtime-agnostic: the last
+/// returning loan wakes it from whatever thread it is on.
+///
+/// Dropped before it resolves, it hands the close to the last loan (or closes at once
+/// if they are already back): the fd is never leaked.
+#[must_use = "futures do nothing unless polled; dropping it defers the close"]
+pub struct CloseFuture {
+    fd: RawFd,
+    state: CloseFutureState,
+}
+
+enum CloseFutureState {
+    Waiting(Arc<CloseSignal>),
+    Ready(Result<(), Errno>),
+    Finished,
+}
+
+impl CloseFuture {
+    pub(crate) fn waiting(fd: RawFd, signal: Arc<CloseSignal>) -> CloseFuture {
+        CloseFuture { fd, state: CloseFutureState::Waiting(signal) }
+    }
+
+    pub(crate) fn ready(fd: RawFd, result: Result<(), Errno>) -> CloseFuture {
+        CloseFuture { fd, state: CloseFutureState::Ready(result) }
+    }
+}
+
+impl Future for CloseFuture {
+    type Output = io::Result<()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let result = match &self.state {
+            CloseFutureState::Waiting(signal) => match signal.poll_until(cx, is_drained) {
+                Poll::Pending => return Poll::Pending,
+                // SAFETY: the loans drained with `Closer::Owner`, so the slot handed
+                // the fd to this owner alone; `Finished` below stops a second close.
+                Poll::Ready(_) => unsafe { fd::close(self.fd) },
+            },
+            CloseFutureState::Ready(result) => *result,
+            CloseFutureState::Finished => panic!("CloseFuture polled after completion"),
+        };
+        self.state = CloseFutureState::Finished;
+        Poll::Ready(to_io(result))
+    }
+}
+
+impl Drop for CloseFuture {
+    fn drop(&mut self) {
+        if let CloseFutureState::Waiting(signal) = &self.state {
+            if signal.abandon() {
+                // SAFETY: drained with `Closer::Owner` and never polled to the end, so
+                // the close is still this owner's, once.
+                let _ = unsafe { fd::close(self.fd) };
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for CloseFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CloseFuture").field("fd", &self.fd).finish_non_exhaustive()
+    }
+}
+
+/// Finishes the close of an incarnation whose count just drained: called exactly
+/// once, by whoever drained it (see `Liveness::release`).
+pub(crate) fn finish_drained(slot: &crate::table::Slot, fd: RawFd) {
+    let signal = lock(&slot.signal).take();
+    match signal {
+        Some(signal) => signal.drained(fd),
+        // A plain drop of the owner left no one to tell: close here.
+        // SAFETY: the drain freed the slot, so this thread alone owns `fd`.
+        None => drop(unsafe { fd::close(fd) }),
+    }
+}

@@ -1,0 +1,156 @@
+//! What can go wrong when lending, and what to do about it.
+
+use std::fmt;
+use std::os::fd::{OwnedFd, RawFd};
+
+/// Why a loan, ticket, raw token or registration was refused. Nothing is lost when
+/// one is returned: no count was taken and no fd was closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LendError {
+    /// The file behind this handle was closed and its fd number is unused now.
+    Closed {
+        /// The fd number the handle named.
+        fd: RawFd,
+    },
+    /// The owner has begun closing: existing loans drain, new ones are refused.
+    Closing {
+        /// The fd number being closed.
+        fd: RawFd,
+    },
+    /// The handle's file was closed and its fd number now names another file.
+    Stale {
+        /// The reused fd number.
+        fd: RawFd,
+    },
+    /// The fd already has as many loans outstanding as its limit allows.
+    Saturated {
+        /// The saturated fd.
+        fd: RawFd,
+        /// Its limit on outstanding loans.
+        limit: u32,
+    },
+    /// Another `Lender` already lends this fd number: the fd was probably closed
+    /// behind that lender's back and the number reused.
+    SlotLive {
+        /// The fd number already in use.
+        fd: RawFd,
+    },
+    /// The fd is not open.
+    InvalidFd {
+        /// The number that is not an open fd.
+        fd: RawFd,
+    },
+    /// The fd number is beyond the largest number fdlend can track.
+    OutOfRange {
+        /// The fd number.
+        fd: RawFd,
+        /// The largest fd number fdlend tracks.
+        max: RawFd,
+    },
+    /// A raw token was returned for an fd that has nothing lent.
+    NotLent {
+        /// The fd number returned.
+        fd: RawFd,
+    },
+    /// `close_wait` was called while `LocalLoan`s of this lender are alive on the
+    /// owner's thread: waiting would never end, so the close was deferred to the last
+    /// of them instead.
+    LocalLoansOutstanding {
+        /// The fd whose close was deferred.
+        fd: RawFd,
+        /// How many local loans were alive.
+        count: usize,
+    },
+}
+
+impl fmt::Display for LendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            LendError::Closed { fd } => {
+                write!(f, "fd {fd} was closed; re-open the file and lend it again")
+            }
+            LendError::Closing { fd } => {
+                write!(f, "fd {fd} is closing; no new loans until it is registered again")
+            }
+            LendError::Stale { fd } => write!(
+                f,
+                "fd {fd} was closed and its number now names another file; drop this handle"
+            ),
+            LendError::Saturated { fd, limit } => write!(
+                f,
+                "fd {fd} has {limit} loans outstanding, its limit; return some before lending more"
+            ),
+            LendError::SlotLive { fd } => write!(
+                f,
+                "fd {fd} is already lent by another Lender; it was probably closed behind \
+                 that lender's back, so find that close"
+            ),
+            LendError::InvalidFd { fd } => write!(f, "fd {fd} is not an open file descriptor"),
+            LendError::OutOfRange { fd, max } => {
+                write!(f, "fd {fd} is above {max}, the largest fd number fdlend tracks")
+            }
+            LendError::NotLent { fd } => write!(
+                f,
+                "fd {fd} has no loan outstanding; a raw token was returned twice or never lent"
+            ),
+            LendError::LocalLoansOutstanding { fd, count } => write!(
+                f,
+                "fd {fd} still has {count} local loans on this thread, so close_wait would never \
+                 return; the close was deferred to the last of them"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for LendError {}
+
+impl From<LendError> for std::io::Error {
+    fn from(error: LendError) -> Self {
+        let kind = match error {
+            LendError::InvalidFd { .. } | LendError::OutOfRange { .. } => {
+                std::io::ErrorKind::InvalidInput
+            }
+            LendError::Saturated { .. } | LendError::LocalLoansOutstanding { .. } => {
+                std::io::ErrorKind::WouldBlock
+            }
+            _ => std::io::ErrorKind::Other,
+        };
+        std::io::Error::new(kind, error)
+    }
+}
+
+/// A refused registration: the error, and the fd handed back untouched.
+#[derive(Debug)]
+pub struct RegisterError {
+    error: LendError,
+    fd: OwnedFd,
+}
+
+impl RegisterError {
+    pub(crate) fn new(error: LendError, fd: OwnedFd) -> Self {
+        RegisterError { error, fd }
+    }
+
+    /// Why the registration was refused.
+    pub fn error(&self) -> LendError {
+        self.error
+    }
+
+    /// The fd, still open and still yours.
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+}
+
+impl fmt::Display for RegisterError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot lend: {}", self.error)
+    }
+}
+
+impl std::error::Error for RegisterError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}

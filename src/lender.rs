@@ -1,0 +1,381 @@
+//! The owner of a lent fd: registers it, hands out loans and tickets, and closes it
+//! in whichever of the close modes the caller picks, exactly once.
+
+use crate::close::{CloseFuture, CloseSignal, Closer, Closing};
+use crate::error::{LendError, RegisterError};
+use crate::fd;
+use crate::liveness::{Taking, COUNT_MAX};
+use crate::loan::{self, Epoch, LocalLoan, Loan, Ticket};
+use crate::sync::{lock, Arc};
+use crate::table::{self, Slot, MAX_FD};
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
+
+/// The owner of a lent fd. Lives on its owner's thread (`!Send`): that is what lets
+/// [`LocalLoan`]s cost no atomic operation.
+///
+/// Dropping it is a deferred close: the fd closes now if nothing is lent, otherwise
+/// when the last loan returns. See the `close*` methods for the other modes.
+pub struct Lender {
+    /// The owner's counted reference, shared with every `LocalLoan`. `None` only
+    /// between a consuming method taking it and `Drop` running.
+    owner: Option<Rc<Loan>>,
+}
+
+impl Lender {
+    /// The most loans one fd can have outstanding (2^30 - 2).
+    pub const MAX_LOANS: u32 = COUNT_MAX - 1;
+
+    /// Takes ownership of `fd` and starts lending it.
+    ///
+    /// Refused, with `fd` handed back, when the fd is not open (`InvalidFd`), its
+    /// number is beyond what fdlend tracks (`OutOfRange`), or another `Lender`
+    /// already lends that number (`SlotLive`: someone closed it behind that lender's
+    /// back).
+    pub fn new(fd: OwnedFd) -> Result<Lender, RegisterError> {
+        Self::with_max_loans(fd, Self::MAX_LOANS)
+    }
+
+    /// As [`Lender::new`], with at most `max_loans` loans (and raw tokens) out at
+    /// once; more are refused with `Saturated`. Local loans share the owner's count
+    /// and are not limited.
+    pub fn with_max_loans(fd: OwnedFd, max_loans: u32) -> Result<Lender, RegisterError> {
+        let raw = fd.as_raw_fd();
+        if nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFD).is_err() {
+            return Err(RegisterError::new(LendError::InvalidFd { fd: raw }, fd));
+        }
+        let Some(slot) = table::global().get_or_insert(raw) else {
+            return Err(RegisterError::new(LendError::OutOfRange { fd: raw, max: MAX_FD }, fd));
+        };
+        let epoch = match slot.liveness.register() {
+            Ok(epoch) => epoch,
+            Err(refusal) => return Err(RegisterError::new(loan::refusal_to_error(raw, refusal, slot), fd)),
+        };
+        slot.set_limit(max_loans.min(Self::MAX_LOANS) + 1);
+        // The fd now belongs to this incarnation of the slot; `fd::close` ends it.
+        let raw = fd.into_raw_fd();
+        Ok(Lender { owner: Some(Rc::new(Loan::counted(raw, epoch))) })
+    }
+
+    fn owner(&self) -> &Rc<Loan> {
+        self.owner.as_ref().expect("fdlend: Lender used after it was consumed")
+    }
+
+    fn slot(&self) -> &'static Slot {
+        slot_of(self.owner())
+    }
+
+    /// A counted loan for any thread (one atomic operation). Refused with
+    /// `Saturated` at the loan limit.
+    pub fn loan(&self) -> Result<Loan, LendError> {
+        let owner = self.owner();
+        loan::acquire(owner.fd, owner.epoch, Taking::New)
+    }
+
+    /// A loan for this thread that costs no atomic operation.
+    pub fn local_loan(&self) -> LocalLoan {
+        LocalLoan::new(Rc::clone(self.owner()))
+    }
+
+    /// A ticket: holds nothing open; [`Ticket::pin`] it when the file is needed.
+    pub fn ticket(&self) -> Ticket {
+        Ticket::new(self.owner().fd, self.owner().epoch)
+    }
+
+    /// Counts one loan and hands out the fd itself as a raw token, for APIs that
+    /// want a plain `BorrowedFd` (io_uring submissions, FFI).
+    ///
+    /// # Safety
+    /// - The token is given back exactly once, with [`return_fd`](crate::return_fd)
+    ///   or [`Loan::from_raw`], and is not used after that.
+    /// - Its `'static` lifetime is a lie bounded by the count: nothing may use the
+    ///   token (or copies of it) after it is returned, nor after this lender's
+    ///   [`close_now`](Lender::close_now). Closure ordering is the caller's.
+    pub unsafe fn lend_fd(&self) -> Result<BorrowedFd<'static>, LendError> {
+        Ok(self.loan()?.into_raw())
+    }
+
+    /// This file's incarnation; record it beside raw tokens to check them later with
+    /// [`is_current`](crate::is_current).
+    pub fn epoch(&self) -> Epoch {
+        self.owner().epoch()
+    }
+
+    /// Loans, raw tokens and local loans outstanding right now.
+    pub fn outstanding(&self) -> usize {
+        let shared = self.slot().liveness.load().count() as usize - 1;
+        shared + Rc::strong_count(self.owner()) - 1
+    }
+
+    /// The most loans this fd may have out at once.
+    pub fn max_loans(&self) -> u32 {
+        self.slot().limit() - 1
+    }
+
+    fn take_owner(mut self) -> Rc<Loan> {
+        self.owner.take().expect("fdlend: Lender consumed twice")
+    }
+
+    /// Deferred close: the fd closes now if nothing is lent, otherwise on the thread
+    /// of the last returning loan. New loans and ticket pins are refused from now on.
+    /// The returned handle reports the `close(2)` result (and is a future of it).
+    pub fn close(self) -> Closing {
+        match retire(self.take_owner()) {
+            // SAFETY: `retire` freed the slot, handing the fd to us alone.
+            Ok(fd) => Closing::done(unsafe { fd::close(fd) }),
+            Err(owner) => {
+                let signal = CloseSignal::new(Closer::LastLoan);
+                begin_close(owner, Some(Arc::clone(&signal)));
+                Closing::pending(signal)
+            }
+        }
+    }
+
+    /// Blocks until every loan is back, then closes the fd on this thread and returns
+    /// the `close(2)` result (never retried on `EINTR`).
+    ///
+    /// Local loans still alive on this thread could never come back while it blocks,
+    /// so then the close is deferred to the last of them and
+    /// `LendError::LocalLoansOutstanding` is returned (as an `io::Error`).
+    pub fn close_wait(self) -> io::Result<()> {
+        let owner = match retire(self.take_owner()) {
+            // SAFETY: `retire` freed the slot, handing the fd to us alone.
+            Ok(fd) => return to_io(unsafe { fd::close(fd) }),
+            Err(owner) => owner,
+        };
+        let fd = owner.fd;
+        let local_loans = Rc::strong_count(&owner) - 1;
+        if local_loans > 0 {
+            begin_close(owner, None);
+            return Err(LendError::LocalLoansOutstanding { fd, count: local_loans }.into());
+        }
+        let signal = CloseSignal::new(Closer::Owner);
+        begin_close(owner, Some(Arc::clone(&signal)));
+        signal.wait_drained();
+        // SAFETY: drained with `Closer::Owner`: the drainer left the close to us.
+        to_io(unsafe { fd::close(fd) })
+    }
+
+    /// As [`close_wait`](Lender::close_wait), as a `Future`: it resolves once every
+    /// loan is back, woken by the thread that returns the last one, and closes the
+    /// fd on the thread that polls it. Needs no particular runtime.
+    pub fn close_async(self) -> CloseFuture {
+        match retire(self.take_owner()) {
+            // SAFETY: `retire` freed the slot, handing the fd to us alone.
+            Ok(fd) => CloseFuture::ready(fd, unsafe { fd::close(fd) }),
+            Err(owner) => {
+                let fd = owner.fd;
+                let signal = CloseSignal::new(Closer::Owner);
+                begin_close(owner, Some(Arc::clone(&signal)));
+                CloseFuture::waiting(fd, signal)
+            }
+        }
+    }
+
+    /// Closes now if nothing is lent and returns the `close(2)` result; otherwise
+    /// hands the lender back untouched.
+    pub fn try_close(self) -> Result<io::Result<()>, Lender> {
+        let fd = self.into_owned_fd()?;
+        // SAFETY: `fd` was just taken out of an `OwnedFd`, so it is ours to close once.
+        Ok(to_io(unsafe { fd::close(fd.into_raw_fd()) }))
+    }
+
+    /// Takes the fd back if nothing is lent (every ticket turns stale); otherwise
+    /// hands the lender back untouched.
+    pub fn into_owned_fd(self) -> Result<OwnedFd, Lender> {
+        match retire(self.take_owner()) {
+            // SAFETY: `retire` freed the slot, so nothing else counts or closes `fd`;
+            // the `OwnedFd` is its only owner from here.
+            Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
+            Err(owner) => Err(Lender { owner: Some(owner) }),
+        }
+    }
+
+    /// Closes the fd now, whatever is lent. The epoch advances, so every outstanding
+    /// ticket pins as stale and every raw token checks as not current; returning
+    /// them or dropping loans becomes a no-op.
+    ///
+    /// # Safety
+    /// - No loan, local loan or raw token of this lender is used for I/O (or turned
+    ///   into a `BorrowedFd` that is) after this call: the fd number may name another
+    ///   file a moment later. Dropping them is fine.
+    pub unsafe fn close_now(self) -> io::Result<()> {
+        let owner = self.take_owner();
+        let fd = owner.fd;
+        slot_of(&owner).liveness.revoke(owner.epoch);
+        // Local loans may keep this `Rc` alive; their eventual release is stale.
+        drop(owner);
+        // SAFETY: `revoke` freed the slot, so no drain can close `fd`; the caller
+        // promises no loan uses it afterwards.
+        to_io(unsafe { fd::close(fd) })
+    }
+}
+
+fn slot_of(loan: &Loan) -> &'static Slot {
+    table::global().get(loan.fd).expect("fdlend: a registered fd has a slot")
+}
+
+/// The fast path of every close: if the owner holds the only reference (no loans,
+/// tokens or local loans), free the slot in one step and return the fd, now owned
+/// by the caller alone.
+fn retire(owner: Rc<Loan>) -> Result<RawFd, Rc<Loan>> {
+    if Rc::strong_count(&owner) != 1 || slot_of(&owner).liveness.retire_if_unlent(owner.epoch).is_err() {
+        return Err(owner);
+    }
+    let owner = Rc::into_inner(owner).expect("strong count was 1 and no Weak exists");
+    let fd = owner.fd;
+    // The count this loan held was taken out of the word by `retire_if_unlent`.
+    std::mem::forget(owner);
+    Ok(fd)
+}
+
+/// The slow path: leave `signal` (who closes, who is told) in the slot, turn the word
+/// `Closing`, and give up the owner's reference. If that was the last, the drain
+/// happens right here.
+fn begin_close(owner: Rc<Loan>, signal: Option<Arc<CloseSignal>>) {
+    let slot = slot_of(&owner);
+    // Stored before `begin_close` publishes Closing, so the drainer finds it.
+    *lock(&slot.signal) = signal;
+    slot.liveness.begin_close(owner.epoch);
+    drop(owner);
+}
+
+fn to_io(result: Result<(), nix::errno::Errno>) -> io::Result<()> {
+    result.map_err(|errno| io::Error::from_raw_os_error(errno as i32))
+}
+
+impl Drop for Lender {
+    fn drop(&mut self) {
+        if let Some(owner) = self.owner.take() {
+            match retire(owner) {
+                // SAFETY: `retire` freed the slot, handing the fd to us alone.
+                Ok(fd) => drop(unsafe { fd::close(fd) }),
+                Err(owner) => begin_close(owner, None),
+            }
+        }
+    }
+}
+
+impl AsFd for Lender {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.owner().as_fd()
+    }
+}
+
+impl AsRawFd for Lender {
+    fn as_raw_fd(&self) -> RawFd {
+        self.owner().fd
+    }
+}
+
+impl TryFrom<OwnedFd> for Lender {
+    type Error = RegisterError;
+
+    fn try_from(fd: OwnedFd) -> Result<Lender, RegisterError> {
+        Lender::new(fd)
+    }
+}
+
+impl TryFrom<File> for Lender {
+    type Error = RegisterError;
+
+    fn try_from(file: File) -> Result<Lender, RegisterError> {
+        Lender::new(file.into())
+    }
+}
+
+impl fmt::Debug for Lender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.owner {
+            Some(owner) => f
+                .debug_struct("Lender")
+                .field("fd", &owner.fd)
+                .field("epoch", &owner.epoch)
+                .field("outstanding", &self.outstanding())
+                .finish(),
+            None => f.write_str("Lender(consumed)"),
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    fn pipe() -> (File, File) {
+        let (read, write) = nix::unistd::pipe().unwrap();
+        (File::from(read), File::from(write))
+    }
+
+    #[test]
+    fn the_last_loan_closes_a_dropped_lender() {
+        let (mut read, write) = pipe();
+        let lender = Lender::try_from(write).unwrap();
+        let loan = lender.loan().unwrap();
+        drop(lender);
+        (&File::from(loan.as_fd().try_clone_to_owned().unwrap())).write_all(b"x").unwrap();
+        drop(loan);
+        let mut seen = Vec::new();
+        read.read_to_end(&mut seen).unwrap();
+        assert_eq!(seen, b"x", "EOF came once the dup above and the loan were gone");
+    }
+
+    #[test]
+    fn local_loans_share_the_owners_count() {
+        let (_read, write) = pipe();
+        let lender = Lender::try_from(write).unwrap();
+        let locals: Vec<LocalLoan> = (0..3).map(|_| lender.local_loan()).collect();
+        assert_eq!(lender.slot().liveness.load().count(), 1, "no atomic was counted");
+        assert_eq!(lender.outstanding(), 3);
+        let sent = locals[0].to_send().unwrap();
+        assert_eq!(lender.outstanding(), 4);
+        drop(sent);
+        drop(locals);
+        assert!(lender.try_close().is_ok());
+    }
+
+    #[test]
+    fn a_closing_lender_refuses_tickets_and_the_last_local_loan_closes() {
+        let (_read, write) = pipe();
+        let lender = Lender::try_from(write).unwrap();
+        let ticket = lender.ticket();
+        let local = lender.local_loan();
+        let closing = lender.close();
+        assert_eq!(ticket.pin().unwrap_err(), LendError::Closing { fd: ticket.fd() });
+        assert!(!closing.is_closed());
+        drop(local);
+        assert!(closing.wait().is_ok());
+        assert_eq!(ticket.pin().unwrap_err(), LendError::Closed { fd: ticket.fd() });
+    }
+
+    #[test]
+    fn close_wait_with_local_loans_defers_and_says_so() {
+        let (_read, write) = pipe();
+        let lender = Lender::try_from(write).unwrap();
+        let ticket = lender.ticket();
+        let local = lender.local_loan();
+        let error = lender.close_wait().unwrap_err();
+        let inner = error.get_ref().and_then(|e| e.downcast_ref::<LendError>()).copied();
+        assert_eq!(inner, Some(LendError::LocalLoansOutstanding { fd: ticket.fd(), count: 1 }));
+        assert!(ticket.is_current(), "still open for the local loan");
+        drop(local);
+        assert!(!ticket.is_current());
+    }
+
+    #[test]
+    fn saturation_is_refused_and_costs_nothing() {
+        let (_read, write) = pipe();
+        let lender = Lender::with_max_loans(write.into(), 2).unwrap();
+        let loans = [lender.loan().unwrap(), lender.loan().unwrap()];
+        let fd = lender.as_raw_fd();
+        assert_eq!(lender.loan().unwrap_err(), LendError::Saturated { fd, limit: 2 });
+        assert_eq!(loans[0].try_clone().unwrap_err(), LendError::Saturated { fd, limit: 2 });
+        assert_eq!(lender.outstanding(), 2);
+        drop(loans);
+        assert!(lender.try_close().is_ok());
+    }
+}

@@ -1,0 +1,23 @@
+//! The one place that chooses between std and loom primitives.
+//!
+//! Every module imports its atomics, locks and `Arc` from here, so a `--cfg loom`
+//! build swaps all of them at once and the loom models check the real code.
+
+#[cfg(loom)]
+pub(crate) use loom::sync::{
+    atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering},
+    Arc, Condvar, Mutex, MutexGuard,
+};
+
+#[cfg(not(loom))]
+pub(crate) use std::sync::{
+    atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering},
+    Arc, Condvar, Mutex, MutexGuard,
+};
+
+/// Locks `mutex`, ignoring poison: the data behind our mutexes is always left
+/// consistent (every critical section is a few assignments), so a panic elsewhere
+/// must not turn into a second panic on the close path.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
