@@ -10,7 +10,7 @@ use crate::sync::{lock, Arc, Condvar, Mutex};
 use nix::errno::Errno;
 use std::future::Future;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
@@ -96,9 +96,6 @@ impl CloseSignal {
         progress.stage == Stage::Drained
     }
 
-    pub(crate) fn wait_drained(&self) {
-        self.wait_until(|stage| stage != Stage::Lent);
-    }
 }
 
 fn is_closed(stage: Stage) -> bool {
@@ -109,7 +106,7 @@ fn is_drained(stage: Stage) -> bool {
     stage != Stage::Lent
 }
 
-fn to_io(result: Result<(), Errno>) -> io::Result<()> {
+pub(crate) fn to_io(result: Result<(), Errno>) -> io::Result<()> {
     result.map_err(|errno| io::Error::from_raw_os_error(errno as i32))
 }
 
@@ -186,31 +183,90 @@ impl std::fmt::Debug for Closing {
     }
 }
 
-/// [`Lender::close_async`](crate::Lender::close_async): resolves once every loan is
-/// back, closing the fd on the thread that polls it. Runtime-agnostic: the last
-/// returning loan wakes it from whatever thread it is on.
+/// [`Lender::reclaim`](crate::Lender::reclaim): resolves to the fd itself, unclosed,
+/// once every loan is back; woken by the thread that returns the last one, whatever
+/// runtime (if any) polls it.
 ///
 /// Dropped before it resolves, it hands the close to the last loan (or closes at once
 /// if they are already back): the fd is never leaked.
 #[must_use = "futures do nothing unless polled; dropping it defers the close"]
-pub struct CloseFuture {
+pub struct Reclaim {
     fd: RawFd,
-    state: CloseFutureState,
+    signal: Option<Arc<CloseSignal>>,
 }
 
-enum CloseFutureState {
-    Waiting(Arc<CloseSignal>),
-    Ready(Result<(), Errno>),
-    Finished,
+impl Reclaim {
+    /// Waits on `signal` (which must be `Closer::Owner`); `None` when the fd is
+    /// already the caller's.
+    pub(crate) fn new(fd: RawFd, signal: Option<Arc<CloseSignal>>) -> Reclaim {
+        Reclaim { fd, signal }
+    }
+
+    /// Blocks until every loan is back; the fd.
+    pub(crate) fn wait(mut self) -> OwnedFd {
+        if let Some(signal) = self.signal.take() {
+            signal.wait_until(is_drained);
+        }
+        let fd = std::mem::replace(&mut self.fd, -1);
+        // SAFETY: drained with `Closer::Owner` (or retired): the fd is ours alone;
+        // `signal = None` and `fd = -1` keep `Drop` from closing it too.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    }
+}
+
+impl Future for Reclaim {
+    type Output = OwnedFd;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<OwnedFd> {
+        if let Some(signal) = &self.signal {
+            if signal.poll_until(cx, is_drained).is_pending() {
+                return Poll::Pending;
+            }
+            self.signal = None;
+        } else if self.fd < 0 {
+            panic!("Reclaim polled after completion");
+        }
+        let fd = std::mem::replace(&mut self.fd, -1);
+        // SAFETY: drained with `Closer::Owner` (or retired): the fd is ours alone;
+        // `fd = -1` above marks it handed out, so it is never handed out twice.
+        Poll::Ready(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+}
+
+impl Drop for Reclaim {
+    fn drop(&mut self) {
+        if let Some(signal) = &self.signal {
+            if signal.abandon() {
+                // SAFETY: drained with `Closer::Owner` and never handed out, so the
+                // close is still this owner's, once.
+                let _ = unsafe { fd::close(self.fd) };
+            }
+        } else if self.fd >= 0 {
+            // Built ready and dropped unpolled: the fd is ours to close.
+            // SAFETY: as above; `signal` is `None` only when the fd was retired to us.
+            let _ = unsafe { fd::close(self.fd) };
+        }
+    }
+}
+
+impl std::fmt::Debug for Reclaim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reclaim").field("fd", &self.fd).finish_non_exhaustive()
+    }
+}
+
+/// [`Lender::close_async`](crate::Lender::close_async): a [`Reclaim`] that closes the
+/// fd on the polling thread once every loan is back, and resolves to the `close(2)`
+/// result. Dropped early, it defers the close to the last loan.
+#[must_use = "futures do nothing unless polled; dropping it defers the close"]
+#[derive(Debug)]
+pub struct CloseFuture {
+    reclaim: Reclaim,
 }
 
 impl CloseFuture {
-    pub(crate) fn waiting(fd: RawFd, signal: Arc<CloseSignal>) -> CloseFuture {
-        CloseFuture { fd, state: CloseFutureState::Waiting(signal) }
-    }
-
-    pub(crate) fn ready(fd: RawFd, result: Result<(), Errno>) -> CloseFuture {
-        CloseFuture { fd, state: CloseFutureState::Ready(result) }
+    pub(crate) fn new(reclaim: Reclaim) -> CloseFuture {
+        CloseFuture { reclaim }
     }
 }
 
@@ -218,37 +274,15 @@ impl Future for CloseFuture {
     type Output = io::Result<()>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let result = match &self.state {
-            CloseFutureState::Waiting(signal) => match signal.poll_until(cx, is_drained) {
-                Poll::Pending => return Poll::Pending,
-                // SAFETY: the loans drained with `Closer::Owner`, so the slot handed
-                // the fd to this owner alone; `Finished` below stops a second close.
-                Poll::Ready(_) => unsafe { fd::close(self.fd) },
-            },
-            CloseFutureState::Ready(result) => *result,
-            CloseFutureState::Finished => panic!("CloseFuture polled after completion"),
-        };
-        self.state = CloseFutureState::Finished;
-        Poll::Ready(to_io(result))
+        Pin::new(&mut self.reclaim).poll(cx).map(close_owned)
     }
 }
 
-impl Drop for CloseFuture {
-    fn drop(&mut self) {
-        if let CloseFutureState::Waiting(signal) = &self.state {
-            if signal.abandon() {
-                // SAFETY: drained with `Closer::Owner` and never polled to the end, so
-                // the close is still this owner's, once.
-                let _ = unsafe { fd::close(self.fd) };
-            }
-        }
-    }
-}
-
-impl std::fmt::Debug for CloseFuture {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CloseFuture").field("fd", &self.fd).finish_non_exhaustive()
-    }
+/// Closes an fd that is ours, reporting what `close(2)` said (which `OwnedFd`'s drop
+/// would swallow).
+pub(crate) fn close_owned(fd: OwnedFd) -> io::Result<()> {
+    // SAFETY: `into_raw_fd` gives up the `OwnedFd`, so this is its one close.
+    to_io(unsafe { fd::close(fd.into_raw_fd()) })
 }
 
 /// Finishes the close of an incarnation whose count just drained: called exactly

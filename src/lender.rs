@@ -1,7 +1,7 @@
 //! The owner of a lent fd: registers it, hands out loans and tickets, and closes it
 //! in whichever of the close modes the caller picks, exactly once.
 
-use crate::close::{CloseFuture, CloseSignal, Closer, Closing};
+use crate::close::{self, to_io, CloseFuture, CloseSignal, Closer, Closing, Reclaim};
 use crate::error::{LendError, RegisterError};
 use crate::fd;
 use crate::liveness::{Taking, COUNT_MAX};
@@ -107,7 +107,7 @@ impl Lender {
     /// Loans, raw tokens and local loans outstanding right now.
     pub fn outstanding(&self) -> usize {
         let shared = self.slot().liveness.load().count() as usize - 1;
-        shared + Rc::strong_count(self.owner()) - 1
+        shared + self.outstanding_local()
     }
 
     /// The most loans this fd may have out at once.
@@ -141,46 +141,56 @@ impl Lender {
     /// so then the close is deferred to the last of them and
     /// `LendError::LocalLoansOutstanding` is returned (as an `io::Error`).
     pub fn close_wait(self) -> io::Result<()> {
-        let owner = match retire(self.take_owner()) {
-            // SAFETY: `retire` freed the slot, handing the fd to us alone.
-            Ok(fd) => return to_io(unsafe { fd::close(fd) }),
-            Err(owner) => owner,
-        };
-        let fd = owner.fd;
-        let local_loans = Rc::strong_count(&owner) - 1;
-        if local_loans > 0 {
-            begin_close(owner, None);
-            return Err(LendError::LocalLoansOutstanding { fd, count: local_loans }.into());
+        match self.reclaim_wait() {
+            Ok(fd) => close::close_owned(fd),
+            Err(lender) => {
+                let (fd, count) = (lender.as_raw_fd(), lender.outstanding_local());
+                drop(lender);
+                Err(LendError::LocalLoansOutstanding { fd, count }.into())
+            }
         }
-        let signal = CloseSignal::new(Closer::Owner);
-        begin_close(owner, Some(Arc::clone(&signal)));
-        signal.wait_drained();
-        // SAFETY: drained with `Closer::Owner`: the drainer left the close to us.
-        to_io(unsafe { fd::close(fd) })
     }
 
     /// As [`close_wait`](Lender::close_wait), as a `Future`: it resolves once every
     /// loan is back, woken by the thread that returns the last one, and closes the
     /// fd on the thread that polls it. Needs no particular runtime.
     pub fn close_async(self) -> CloseFuture {
+        CloseFuture::new(self.reclaim())
+    }
+
+    /// Stops lending and resolves to the fd itself, unclosed, once every loan is back
+    /// (new loans and pins are refused meanwhile; tickets turn stale). For owners
+    /// whose fd must be closed by something else, such as a runtime's file type.
+    pub fn reclaim(self) -> Reclaim {
         match retire(self.take_owner()) {
-            // SAFETY: `retire` freed the slot, handing the fd to us alone.
-            Ok(fd) => CloseFuture::ready(fd, unsafe { fd::close(fd) }),
+            Ok(fd) => Reclaim::new(fd, None),
             Err(owner) => {
                 let fd = owner.fd;
                 let signal = CloseSignal::new(Closer::Owner);
                 begin_close(owner, Some(Arc::clone(&signal)));
-                CloseFuture::waiting(fd, signal)
+                Reclaim::new(fd, Some(signal))
             }
         }
+    }
+
+    /// Blocks until every loan is back and returns the fd, unclosed. Hands the lender
+    /// back untouched if local loans are alive on this thread, since they could never
+    /// return while it blocks.
+    pub fn reclaim_wait(self) -> Result<OwnedFd, Lender> {
+        if self.outstanding_local() > 0 {
+            return Err(self);
+        }
+        Ok(self.reclaim().wait())
+    }
+
+    fn outstanding_local(&self) -> usize {
+        Rc::strong_count(self.owner()) - 1
     }
 
     /// Closes now if nothing is lent and returns the `close(2)` result; otherwise
     /// hands the lender back untouched.
     pub fn try_close(self) -> Result<io::Result<()>, Lender> {
-        let fd = self.into_owned_fd()?;
-        // SAFETY: `fd` was just taken out of an `OwnedFd`, so it is ours to close once.
-        Ok(to_io(unsafe { fd::close(fd.into_raw_fd()) }))
+        self.into_owned_fd().map(close::close_owned)
     }
 
     /// Takes the fd back if nothing is lent (every ticket turns stale); otherwise
@@ -241,10 +251,6 @@ fn begin_close(owner: Rc<Loan>, signal: Option<Arc<CloseSignal>>) {
     *lock(&slot.signal) = signal;
     slot.liveness.begin_close(owner.epoch);
     drop(owner);
-}
-
-fn to_io(result: Result<(), nix::errno::Errno>) -> io::Result<()> {
-    result.map_err(|errno| io::Error::from_raw_os_error(errno as i32))
 }
 
 impl Drop for Lender {

@@ -63,7 +63,7 @@ mod loan;
 mod sync;
 mod table;
 
-pub use close::{CloseFuture, Closing};
+pub use close::{CloseFuture, Closing, Reclaim};
 pub use error::{LendError, RegisterError};
 pub use lender::Lender;
 pub use loan::{current_epoch, is_current, return_fd, Epoch, LocalLoan, Loan, Ticket};
@@ -73,6 +73,7 @@ static_assertions::assert_not_impl_any!(LocalLoan: Send, Sync);
 static_assertions::assert_not_impl_any!(Lender: Send, Sync);
 static_assertions::assert_impl_all!(Ticket: Copy, Send, Sync);
 static_assertions::assert_impl_all!(CloseFuture: Send);
+static_assertions::assert_impl_all!(Reclaim: Send);
 static_assertions::assert_impl_all!(Closing: Send, Sync);
 static_assertions::const_assert!(std::mem::size_of::<Loan>() <= 16);
 static_assertions::const_assert_eq!(std::mem::size_of::<Loan>(), 8);
