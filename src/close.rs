@@ -45,7 +45,11 @@ pub(crate) struct CloseSignal {
 impl CloseSignal {
     pub(crate) fn new(closer: Closer) -> Arc<CloseSignal> {
         Arc::new(CloseSignal {
-            progress: Mutex::new(Progress { closer, stage: Stage::Lent, waker: None }),
+            progress: Mutex::new(Progress {
+                closer,
+                stage: Stage::Lent,
+                waker: None,
+            }),
             changed: Condvar::new(),
         })
     }
@@ -71,7 +75,10 @@ impl CloseSignal {
     fn wait_until(&self, done: impl Fn(Stage) -> bool) -> Stage {
         let mut progress = lock(&self.progress);
         while !done(progress.stage) {
-            progress = self.changed.wait(progress).unwrap_or_else(|poisoned| poisoned.into_inner());
+            progress = self
+                .changed
+                .wait(progress)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
         }
         progress.stage
     }
@@ -81,7 +88,11 @@ impl CloseSignal {
         if done(progress.stage) {
             return Poll::Ready(progress.stage);
         }
-        if !progress.waker.as_ref().is_some_and(|waker| waker.will_wake(cx.waker())) {
+        if !progress
+            .waker
+            .as_ref()
+            .is_some_and(|waker| waker.will_wake(cx.waker()))
+        {
             progress.waker = Some(cx.waker().clone());
         }
         Poll::Pending
@@ -95,7 +106,6 @@ impl CloseSignal {
         progress.waker = None;
         progress.stage == Stage::Drained
     }
-
 }
 
 fn is_closed(stage: Stage) -> bool {
@@ -134,11 +144,15 @@ enum ClosingInner {
 
 impl Closing {
     pub(crate) fn done(result: Result<(), Errno>) -> Closing {
-        Closing { inner: ClosingInner::Done(result) }
+        Closing {
+            inner: ClosingInner::Done(result),
+        }
     }
 
     pub(crate) fn pending(signal: Arc<CloseSignal>) -> Closing {
-        Closing { inner: ClosingInner::Pending(signal) }
+        Closing {
+            inner: ClosingInner::Pending(signal),
+        }
     }
 
     /// The `close(2)` result, if the fd has closed yet.
@@ -179,7 +193,9 @@ impl Future for Closing {
 
 impl std::fmt::Debug for Closing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Closing").field("closed", &self.is_closed()).finish()
+        f.debug_struct("Closing")
+            .field("closed", &self.is_closed())
+            .finish()
     }
 }
 
@@ -251,7 +267,9 @@ impl Drop for Reclaim {
 
 impl std::fmt::Debug for Reclaim {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reclaim").field("fd", &self.fd).finish_non_exhaustive()
+        f.debug_struct("Reclaim")
+            .field("fd", &self.fd)
+            .finish_non_exhaustive()
     }
 }
 

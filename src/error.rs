@@ -71,7 +71,10 @@ impl fmt::Display for LendError {
                 write!(f, "fd {fd} was closed; re-open the file and lend it again")
             }
             LendError::Closing { fd } => {
-                write!(f, "fd {fd} is closing; no new loans until it is registered again")
+                write!(
+                    f,
+                    "fd {fd} is closing; no new loans until it is registered again"
+                )
             }
             LendError::Stale { fd } => write!(
                 f,
@@ -88,7 +91,10 @@ impl fmt::Display for LendError {
             ),
             LendError::InvalidFd { fd } => write!(f, "fd {fd} is not an open file descriptor"),
             LendError::OutOfRange { fd, max } => {
-                write!(f, "fd {fd} is above {max}, the largest fd number fdlend tracks")
+                write!(
+                    f,
+                    "fd {fd} is above {max}, the largest fd number fdlend tracks"
+                )
             }
             LendError::NotLent { fd } => write!(
                 f,

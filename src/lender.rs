@@ -5,7 +5,7 @@ use crate::close::{self, to_io, CloseFuture, CloseSignal, Closer, Closing, Recla
 use crate::error::{LendError, RegisterError};
 use crate::fd;
 use crate::liveness::{Taking, COUNT_MAX};
-use crate::loan::{self, Epoch, LocalLoan, Loan, Ticket};
+use crate::loan::{self, Epoch, Loan, LocalLoan, Ticket};
 use crate::sync::{lock, Arc};
 use crate::table::{self, Slot, MAX_FD};
 use std::fmt;
@@ -48,20 +48,35 @@ impl Lender {
             return Err(RegisterError::new(LendError::InvalidFd { fd: raw }, fd));
         }
         let Some(slot) = table::global().get_or_insert(raw) else {
-            return Err(RegisterError::new(LendError::OutOfRange { fd: raw, max: MAX_FD }, fd));
+            return Err(RegisterError::new(
+                LendError::OutOfRange {
+                    fd: raw,
+                    max: MAX_FD,
+                },
+                fd,
+            ));
         };
         let epoch = match slot.liveness.register() {
             Ok(epoch) => epoch,
-            Err(refusal) => return Err(RegisterError::new(loan::refusal_to_error(raw, refusal, slot), fd)),
+            Err(refusal) => {
+                return Err(RegisterError::new(
+                    loan::refusal_to_error(raw, refusal, slot),
+                    fd,
+                ))
+            }
         };
         slot.set_limit(max_loans.min(Self::MAX_LOANS) + 1);
         // The fd now belongs to this incarnation of the slot; `fd::close` ends it.
         let raw = fd.into_raw_fd();
-        Ok(Lender { owner: Some(Rc::new(Loan::counted(raw, epoch))) })
+        Ok(Lender {
+            owner: Some(Rc::new(Loan::counted(raw, epoch))),
+        })
     }
 
     fn owner(&self) -> &Rc<Loan> {
-        self.owner.as_ref().expect("fdlend: Lender used after it was consumed")
+        self.owner
+            .as_ref()
+            .expect("fdlend: Lender used after it was consumed")
     }
 
     fn slot(&self) -> &'static Slot {
@@ -225,14 +240,21 @@ impl Lender {
 }
 
 fn slot_of(loan: &Loan) -> &'static Slot {
-    table::global().get(loan.fd).expect("fdlend: a registered fd has a slot")
+    table::global()
+        .get(loan.fd)
+        .expect("fdlend: a registered fd has a slot")
 }
 
 /// The fast path of every close: if the owner holds the only reference (no loans,
 /// tokens or local loans), free the slot in one step and return the fd, now owned
 /// by the caller alone.
 fn retire(owner: Rc<Loan>) -> Result<RawFd, Rc<Loan>> {
-    if Rc::strong_count(&owner) != 1 || slot_of(&owner).liveness.retire_if_unlent(owner.epoch).is_err() {
+    if Rc::strong_count(&owner) != 1
+        || slot_of(&owner)
+            .liveness
+            .retire_if_unlent(owner.epoch)
+            .is_err()
+    {
         return Err(owner);
     }
     let owner = Rc::into_inner(owner).expect("strong count was 1 and no Weak exists");
@@ -323,11 +345,16 @@ mod tests {
         let lender = Lender::try_from(write).unwrap();
         let loan = lender.loan().unwrap();
         drop(lender);
-        (&File::from(loan.as_fd().try_clone_to_owned().unwrap())).write_all(b"x").unwrap();
+        (&File::from(loan.as_fd().try_clone_to_owned().unwrap()))
+            .write_all(b"x")
+            .unwrap();
         drop(loan);
         let mut seen = Vec::new();
         read.read_to_end(&mut seen).unwrap();
-        assert_eq!(seen, b"x", "EOF came once the dup above and the loan were gone");
+        assert_eq!(
+            seen, b"x",
+            "EOF came once the dup above and the loan were gone"
+        );
     }
 
     #[test]
@@ -335,7 +362,11 @@ mod tests {
         let (_read, write) = pipe();
         let lender = Lender::try_from(write).unwrap();
         let locals: Vec<LocalLoan> = (0..3).map(|_| lender.local_loan()).collect();
-        assert_eq!(lender.slot().liveness.load().count(), 1, "no atomic was counted");
+        assert_eq!(
+            lender.slot().liveness.load().count(),
+            1,
+            "no atomic was counted"
+        );
         assert_eq!(lender.outstanding(), 3);
         let sent = locals[0].to_send().unwrap();
         assert_eq!(lender.outstanding(), 4);
@@ -351,11 +382,17 @@ mod tests {
         let ticket = lender.ticket();
         let local = lender.local_loan();
         let closing = lender.close();
-        assert_eq!(ticket.pin().unwrap_err(), LendError::Closing { fd: ticket.fd() });
+        assert_eq!(
+            ticket.pin().unwrap_err(),
+            LendError::Closing { fd: ticket.fd() }
+        );
         assert!(!closing.is_closed());
         drop(local);
         assert!(closing.wait().is_ok());
-        assert_eq!(ticket.pin().unwrap_err(), LendError::Closed { fd: ticket.fd() });
+        assert_eq!(
+            ticket.pin().unwrap_err(),
+            LendError::Closed { fd: ticket.fd() }
+        );
     }
 
     #[test]
@@ -365,8 +402,17 @@ mod tests {
         let ticket = lender.ticket();
         let local = lender.local_loan();
         let error = lender.close_wait().unwrap_err();
-        let inner = error.get_ref().and_then(|e| e.downcast_ref::<LendError>()).copied();
-        assert_eq!(inner, Some(LendError::LocalLoansOutstanding { fd: ticket.fd(), count: 1 }));
+        let inner = error
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<LendError>())
+            .copied();
+        assert_eq!(
+            inner,
+            Some(LendError::LocalLoansOutstanding {
+                fd: ticket.fd(),
+                count: 1
+            })
+        );
         assert!(ticket.is_current(), "still open for the local loan");
         drop(local);
         assert!(!ticket.is_current());
@@ -378,8 +424,14 @@ mod tests {
         let lender = Lender::with_max_loans(write.into(), 2).unwrap();
         let loans = [lender.loan().unwrap(), lender.loan().unwrap()];
         let fd = lender.as_raw_fd();
-        assert_eq!(lender.loan().unwrap_err(), LendError::Saturated { fd, limit: 2 });
-        assert_eq!(loans[0].try_clone().unwrap_err(), LendError::Saturated { fd, limit: 2 });
+        assert_eq!(
+            lender.loan().unwrap_err(),
+            LendError::Saturated { fd, limit: 2 }
+        );
+        assert_eq!(
+            loans[0].try_clone().unwrap_err(),
+            LendError::Saturated { fd, limit: 2 }
+        );
         assert_eq!(lender.outstanding(), 2);
         drop(loans);
         assert!(lender.try_close().is_ok());

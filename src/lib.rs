@@ -52,7 +52,11 @@
 //! `SAFETY.md` states every contract; `ARCHITECTURE.md` maps the modules.
 
 #![deny(unsafe_op_in_unsafe_fn)]
-#![warn(missing_docs, clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
+#![warn(
+    missing_docs,
+    clippy::undocumented_unsafe_blocks,
+    clippy::missing_safety_doc
+)]
 
 mod close;
 mod error;
@@ -66,7 +70,7 @@ mod table;
 pub use close::{CloseFuture, Closing, Reclaim};
 pub use error::{LendError, RegisterError};
 pub use lender::Lender;
-pub use loan::{current_epoch, is_current, return_fd, Epoch, LocalLoan, Loan, Ticket};
+pub use loan::{current_epoch, is_current, return_fd, Epoch, Loan, LocalLoan, Ticket};
 
 static_assertions::assert_impl_all!(Loan: Send, Sync, Clone, std::os::fd::AsFd);
 static_assertions::assert_not_impl_any!(LocalLoan: Send, Sync);

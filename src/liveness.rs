@@ -129,13 +129,17 @@ impl Liveness {
     /// A free slot at epoch 0.
     #[cfg(not(loom))]
     pub(crate) const fn new() -> Liveness {
-        Liveness { word: AtomicU64::new(0) }
+        Liveness {
+            word: AtomicU64::new(0),
+        }
     }
 
     /// A free slot at epoch 0 (loom atomics have no `const fn new`).
     #[cfg(loom)]
     pub(crate) fn new() -> Liveness {
-        Liveness { word: AtomicU64::new(0) }
+        Liveness {
+            word: AtomicU64::new(0),
+        }
     }
 
     /// A snapshot, for diagnostics and for reading the current epoch.
@@ -213,12 +217,23 @@ impl Liveness {
                 current.count() > 0 && !(draining && current.state() == State::Open),
                 "fdlend: liveness word {current:?} released below the owner's reference"
             );
-            let next = if draining { current.freed() } else { current.with_count(current.count() - 1) };
+            let next = if draining {
+                current.freed()
+            } else {
+                current.with_count(current.count() - 1)
+            };
             // Release pairs with the Acquire of whoever drains the count: every use
             // of the fd through this reference happens before the close. The drainer
             // itself also acquires (AcqRel), pairing with all earlier releases.
-            let ordering = if draining { DRAIN_ORDERING } else { Ordering::Release };
-            match self.word.compare_exchange_weak(current.0, next.0, ordering, Ordering::Relaxed) {
+            let ordering = if draining {
+                DRAIN_ORDERING
+            } else {
+                Ordering::Release
+            };
+            match self
+                .word
+                .compare_exchange_weak(current.0, next.0, ordering, Ordering::Relaxed)
+            {
                 Ok(_) if draining => return Released::Drained,
                 Ok(_) => return Released::Kept,
                 Err(seen) => current = Word(seen),
@@ -257,7 +272,12 @@ impl Liveness {
         // Acquire pairs with every loan's Release in `release`: their uses of the fd
         // happen before the owner takes it back.
         self.word
-            .compare_exchange(expected.0, expected.freed().0, Ordering::Acquire, Ordering::Relaxed)
+            .compare_exchange(
+                expected.0,
+                expected.freed().0,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            )
             .map(|_| ())
             .map_err(|seen| Word(seen).count())
     }
@@ -300,8 +320,15 @@ mod tests {
     #[test]
     fn word_round_trips_its_fields() {
         let word = Word::new(u32::MAX, State::Closing, COUNT_MAX);
-        assert_eq!((word.epoch(), word.state(), word.count()), (u32::MAX, State::Closing, COUNT_MAX));
-        assert_eq!(word.freed(), Word::new(0, State::Free, 0), "epoch wraps, state and count reset");
+        assert_eq!(
+            (word.epoch(), word.state(), word.count()),
+            (u32::MAX, State::Closing, COUNT_MAX)
+        );
+        assert_eq!(
+            word.freed(),
+            Word::new(0, State::Free, 0),
+            "epoch wraps, state and count reset"
+        );
     }
 
     #[test]
@@ -318,7 +345,10 @@ mod tests {
         let epoch = slot.register().unwrap();
         slot.acquire(epoch, Taking::New, COUNT_MAX).unwrap();
         slot.begin_close(epoch);
-        assert_eq!(slot.acquire(epoch, Taking::New, COUNT_MAX), Err(Refusal::Closing));
+        assert_eq!(
+            slot.acquire(epoch, Taking::New, COUNT_MAX),
+            Err(Refusal::Closing)
+        );
         slot.acquire(epoch, Taking::Clone, COUNT_MAX).unwrap();
         assert_eq!(slot.load().count(), 3);
     }
@@ -332,7 +362,11 @@ mod tests {
         assert_eq!(slot.release(epoch), Released::Kept, "owner's reference");
         assert_eq!(slot.release(epoch), Released::Drained, "the loan was last");
         assert_eq!(slot.load(), Word::new(1, State::Free, 0));
-        assert_eq!(slot.release(epoch), Released::Stale, "a second release finds nothing");
+        assert_eq!(
+            slot.release(epoch),
+            Released::Stale,
+            "a second release finds nothing"
+        );
     }
 
     #[test]
@@ -341,7 +375,10 @@ mod tests {
         let epoch = slot.register().unwrap();
         slot.acquire(epoch, Taking::New, 2).unwrap();
         assert_eq!(slot.acquire(epoch, Taking::New, 2), Err(Refusal::Saturated));
-        assert_eq!(slot.acquire(epoch, Taking::Clone, 2), Err(Refusal::Saturated));
+        assert_eq!(
+            slot.acquire(epoch, Taking::Clone, 2),
+            Err(Refusal::Saturated)
+        );
         assert_eq!(slot.load().count(), 2);
     }
 
@@ -350,12 +387,22 @@ mod tests {
         let slot = Liveness::new();
         let old = slot.register().unwrap();
         assert_eq!(slot.retire_if_unlent(old), Ok(()));
-        assert_eq!(slot.acquire(old, Taking::New, COUNT_MAX), Err(Refusal::Closed));
+        assert_eq!(
+            slot.acquire(old, Taking::New, COUNT_MAX),
+            Err(Refusal::Closed)
+        );
         let new = slot.register().unwrap();
         assert_ne!(old, new);
-        assert_eq!(slot.acquire(old, Taking::New, COUNT_MAX), Err(Refusal::Stale));
+        assert_eq!(
+            slot.acquire(old, Taking::New, COUNT_MAX),
+            Err(Refusal::Stale)
+        );
         assert_eq!(slot.release(old), Released::Stale);
-        assert_eq!(slot.load().count(), 1, "the new incarnation's count is untouched");
+        assert_eq!(
+            slot.load().count(),
+            1,
+            "the new incarnation's count is untouched"
+        );
     }
 
     #[test]

@@ -35,13 +35,18 @@ pub(crate) fn refusal_to_error(fd: RawFd, refusal: Refusal, slot: &Slot) -> Lend
         Refusal::Stale => LendError::Stale { fd },
         Refusal::Closing => LendError::Closing { fd },
         // The owner's own reference is counted but is not a loan.
-        Refusal::Saturated => LendError::Saturated { fd, limit: slot.limit() - 1 },
+        Refusal::Saturated => LendError::Saturated {
+            fd,
+            limit: slot.limit() - 1,
+        },
         Refusal::Live => LendError::SlotLive { fd },
     }
 }
 
 fn slot_of_counted(fd: RawFd) -> &'static Slot {
-    table::global().get(fd).expect("fdlend: a counted fd has a slot, whose page is never freed")
+    table::global()
+        .get(fd)
+        .expect("fdlend: a counted fd has a slot, whose page is never freed")
 }
 
 /// Takes one reference to `(fd, epoch)`.
@@ -92,7 +97,10 @@ impl Loan {
 
     /// A ticket for the same file.
     pub fn ticket(&self) -> Ticket {
-        Ticket { fd: self.fd, epoch: self.epoch }
+        Ticket {
+            fd: self.fd,
+            epoch: self.epoch,
+        }
     }
 
     /// False only after the owner's `close_now` revoked this loan's file.
@@ -124,9 +132,10 @@ impl Loan {
         let fd = token.as_raw_fd();
         let word = table::global().get(fd).map(|slot| slot.liveness.load());
         match word {
-            Some(word) if word.state() != State::Free && word.count() > 0 => {
-                Ok(Loan { fd, epoch: word.epoch() })
-            }
+            Some(word) if word.state() != State::Free && word.count() > 0 => Ok(Loan {
+                fd,
+                epoch: word.epoch(),
+            }),
             _ => Err(LendError::NotLent { fd }),
         }
     }
@@ -138,7 +147,8 @@ impl Clone for Loan {
     /// [`Lender::with_max_loans`](crate::Lender::with_max_loans)), as `Arc` aborts on
     /// overflow; use [`Loan::try_clone`] where the limit may be reached.
     fn clone(&self) -> Loan {
-        self.try_clone().unwrap_or_else(|error| panic!("Loan::clone: {error}"))
+        self.try_clone()
+            .unwrap_or_else(|error| panic!("Loan::clone: {error}"))
     }
 }
 
@@ -164,7 +174,10 @@ impl AsRawFd for Loan {
 
 impl fmt::Debug for Loan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Loan").field("fd", &self.fd).field("epoch", &self.epoch).finish()
+        f.debug_struct("Loan")
+            .field("fd", &self.fd)
+            .field("epoch", &self.epoch)
+            .finish()
     }
 }
 
@@ -211,7 +224,10 @@ impl AsRawFd for LocalLoan {
 
 impl fmt::Debug for LocalLoan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LocalLoan").field("fd", &self.shared.fd).field("epoch", &self.shared.epoch).finish()
+        f.debug_struct("LocalLoan")
+            .field("fd", &self.shared.fd)
+            .field("epoch", &self.shared.epoch)
+            .finish()
     }
 }
 

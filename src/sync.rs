@@ -19,5 +19,7 @@ pub(crate) use std::sync::{
 /// consistent (every critical section is a few assignments), so a panic elsewhere
 /// must not turn into a second panic on the close path.
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

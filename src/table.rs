@@ -8,7 +8,7 @@
 
 use crate::close::CloseSignal;
 use crate::liveness::{Liveness, COUNT_MAX};
-use crate::sync::{AtomicPtr, AtomicU32, Arc, Mutex, Ordering};
+use crate::sync::{Arc, AtomicPtr, AtomicU32, Mutex, Ordering};
 use std::os::fd::RawFd;
 use std::ptr;
 
@@ -39,7 +39,11 @@ pub(crate) struct Slot {
 
 impl Slot {
     fn new() -> Slot {
-        Slot { liveness: Liveness::new(), limit: AtomicU32::new(COUNT_MAX), signal: Mutex::new(None) }
+        Slot {
+            liveness: Liveness::new(),
+            limit: AtomicU32::new(COUNT_MAX),
+            signal: Mutex::new(None),
+        }
     }
 
     pub(crate) fn limit(&self) -> u32 {
@@ -65,16 +69,22 @@ pub(crate) struct Table {
 impl Table {
     #[cfg(not(loom))]
     pub(crate) const fn new() -> Table {
-        Table { pages: [const { AtomicPtr::new(ptr::null_mut()) }; PAGES] }
+        Table {
+            pages: [const { AtomicPtr::new(ptr::null_mut()) }; PAGES],
+        }
     }
 
     #[cfg(loom)]
     pub(crate) fn new() -> Table {
-        Table { pages: std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())) }
+        Table {
+            pages: std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
+        }
     }
 
     fn split(fd: RawFd) -> Option<(usize, usize)> {
-        let index = usize::try_from(fd).ok().filter(|&index| index < PAGES * PAGE_SLOTS)?;
+        let index = usize::try_from(fd)
+            .ok()
+            .filter(|&index| index < PAGES * PAGE_SLOTS)?;
         Some((index >> PAGE_BITS, index & (PAGE_SLOTS - 1)))
     }
 
