@@ -349,11 +349,15 @@ mod tests {
             .write_all(b"x")
             .unwrap();
         drop(loan);
-        let mut seen = Vec::new();
-        read.read_to_end(&mut seen).unwrap();
+        // Plain reads, not read_to_end: that seeks for a size hint, which Miri's
+        // emulated pipes refuse, and this test should run under Miri too.
+        let mut seen = [0; 2];
+        assert_eq!(read.read(&mut seen).unwrap(), 1);
+        assert_eq!(&seen[..1], b"x");
         assert_eq!(
-            seen, b"x",
-            "EOF came once the dup above and the loan were gone"
+            read.read(&mut seen).unwrap(),
+            0,
+            "EOF: the dup above and the loan are both gone"
         );
     }
 

@@ -60,17 +60,25 @@
 
 mod close;
 mod error;
+#[cfg(not(loom))]
+pub mod io;
 mod fd;
+#[cfg(feature = "glommio")]
+pub mod glommio;
 mod lender;
 mod liveness;
 mod loan;
+mod sharded;
 mod sync;
 mod table;
 
 pub use close::{CloseFuture, Closing, Reclaim};
 pub use error::{LendError, RegisterError};
 pub use lender::Lender;
+#[cfg(not(loom))]
+pub use io::{LentRegion, RegionError, RegionTicket};
 pub use loan::{current_epoch, is_current, return_fd, Epoch, Loan, LocalLoan, Ticket};
+pub use sharded::{ShardedLender, SharedLoan};
 
 static_assertions::assert_impl_all!(Loan: Send, Sync, Clone, std::os::fd::AsFd);
 static_assertions::assert_not_impl_any!(LocalLoan: Send, Sync);

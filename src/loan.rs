@@ -131,8 +131,17 @@ impl Loan {
     pub unsafe fn from_raw(token: BorrowedFd<'static>) -> Result<Loan, LendError> {
         let fd = token.as_raw_fd();
         let word = table::global().get(fd).map(|slot| slot.liveness.load());
+        // An open file's count always includes the owner's own reference, which is
+        // not a loan: taking that one would drop the count below the owner's. A
+        // closing file's count may or may not include it (local loans keep it), so
+        // there any count could be a loan.
+        let lent = word.is_some_and(|word| match word.state() {
+            State::Open => word.count() > 1,
+            State::Closing => word.count() > 0,
+            State::Free => false,
+        });
         match word {
-            Some(word) if word.state() != State::Free && word.count() > 0 => Ok(Loan {
+            Some(word) if lent => Ok(Loan {
                 fd,
                 epoch: word.epoch(),
             }),

@@ -1,0 +1,78 @@
+//! fd-number ABA: after `close_now` the number is reused by another file and lent
+//! again. A ticket or loan of the old file must never reach the new one: pins are
+//! refused (`Closed`, then `Stale`) and old loans' drops count nothing.
+#![cfg(loom)]
+
+use fdlend::{LendError, Lender};
+use fdlend_loom_tests::{identity, model, pipe, variant, Seen};
+use loom::thread;
+use nix::fcntl::{fcntl, FcntlArg};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+#[test]
+fn stale_ticket_never_pins_the_reused_number() {
+    let seen = Seen::default();
+    let noted = seen.clone();
+    model(move || {
+        let (old_witness, old_write) = pipe();
+        // Made before the old fd closes, so its own numbers are not the one to reuse.
+        let (new_witness, new_write) = pipe();
+        let old = Lender::new(old_write).unwrap();
+        let number = old.as_raw_fd();
+        let ticket = old.ticket();
+        let old_loan = old.loan().unwrap();
+        let dropped_late = old.loan().unwrap();
+        // A second old loan whose drop may land on either incarnation's word.
+        let dropper = thread::spawn(move || drop(dropped_late));
+
+        let noted = noted.clone();
+        let holder = thread::spawn(move || {
+            let pinned = ticket.pin();
+            // No I/O through either: `close_now` may already have revoked them.
+            drop(old_loan);
+            match pinned {
+                Ok(loan) => {
+                    assert_eq!(loan.epoch(), ticket.epoch(), "a pin is of the ticket's own file");
+                    noted.note("pinned");
+                }
+                Err(error) => {
+                    assert!(
+                        matches!(error, LendError::Closed { .. } | LendError::Stale { .. }),
+                        "old ticket pinned as {error:?}"
+                    );
+                    noted.note(variant(&error));
+                }
+            }
+        });
+
+        // SAFETY: the holder thread does no I/O through its old loan or pin.
+        unsafe { old.close_now() }.expect("close(2) of the revoked fd");
+        assert_eq!(old_witness.drain(), (Vec::new(), true), "close_now closed at once");
+        old_witness.assert_released();
+
+        // The lowest free number at or above `number` is `number` itself: reuse it.
+        let reused = fcntl(&new_write, FcntlArg::F_DUPFD_CLOEXEC(number)).expect("F_DUPFD");
+        assert_eq!(reused, number, "the model needs the old number back");
+        drop(new_write);
+        // SAFETY: F_DUPFD just created `reused`; nothing else owns it.
+        let new_write = unsafe { OwnedFd::from_raw_fd(reused) };
+        assert_eq!(identity(&new_write), new_witness.id);
+        let new = Lender::new(new_write).expect("the old incarnation left the slot free");
+        assert_ne!(new.epoch(), ticket.epoch());
+        let new_loan = new.loan().unwrap();
+
+        holder.join().unwrap();
+        dropper.join().unwrap();
+        assert_eq!(new.outstanding(), 1, "old handles moved the new file's count");
+        assert_eq!(ticket.pin().unwrap_err(), LendError::Stale { fd: number });
+        nix::unistd::write(&new_loan, b"n").expect("the new file is open");
+        drop(new_loan);
+        let new = match new.try_close() {
+            Ok(result) => result,
+            Err(lender) => panic!("the new file is still lent: {lender:?}"),
+        };
+        new.expect("close(2) of the new file");
+        assert_eq!(new_witness.drain(), (b"n".to_vec(), true));
+    });
+    seen.assert_exactly(&["Closed", "Stale", "pinned"]);
+}

@@ -1,0 +1,243 @@
+//! `LentDmaFile` on real on-disk `O_DIRECT` files: std threads read the executor's
+//! own fd, and the async close is well-ordered.
+#![cfg(feature = "glommio")]
+
+mod glommio_common;
+
+use fdlend::glommio::LentDmaFile;
+use fdlend::LendError;
+use glommio::io::DmaFile;
+use glommio_common::*;
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+
+const BLOCKS: usize = 64;
+
+#[test]
+fn std_threads_read_regions_through_the_dma_files_own_fd() {
+    let dir = disk_dir("adapter-read");
+    let path = dir.join("data");
+    write_tagged(&path, 7, BLOCKS);
+    executor().run(async {
+        let file = LentDmaFile::new(DmaFile::open(&path).await.unwrap()).unwrap();
+        let loans: Vec<_> = (0..4).map(|_| file.loan().unwrap()).collect();
+        assert_eq!(file.outstanding(), 4);
+        assert_eq!(fds_naming(&path), 1, "four loans, still one fd: no dup");
+
+        let workers: Vec<_> = loans
+            .into_iter()
+            .enumerate()
+            .map(|(worker, loan)| {
+                thread::spawn(move || {
+                    assert!(is_direct(&loan), "the lent fd is glommio's O_DIRECT fd");
+                    for index in (worker..BLOCKS).step_by(4) {
+                        let got = pread_direct(&loan, (index * BLOCK) as u64, BLOCK).unwrap();
+                        assert_eq!(got, expected_block(7, index), "block {index}");
+                    }
+                    // A multi-block region, as a sendfile or a big read would take.
+                    let start = 8 + worker;
+                    let region = pread_direct(&loan, (start * BLOCK) as u64, 3 * BLOCK).unwrap();
+                    let want: Vec<u8> = (start..start + 3)
+                        .flat_map(|i| expected_block(7, i))
+                        .collect();
+                    assert_eq!(region, want);
+                    identity(&loan)
+                })
+            })
+            .collect();
+
+        // The executor keeps using the DmaFile through glommio meanwhile.
+        let head = file.dma().read_at(0, BLOCK).await.unwrap();
+        assert_eq!(&head[..], &expected_block(7, 0)[..]);
+
+        for worker in workers {
+            assert_eq!(worker.join().unwrap(), path_identity(&path));
+        }
+        assert_eq!(file.outstanding(), 0);
+        file.close().await.unwrap();
+        assert_eq!(fds_naming(&path), 0, "glommio closed the one fd");
+    });
+}
+
+#[test]
+fn close_resolves_only_after_the_last_loan_is_back() {
+    let dir = disk_dir("adapter-close");
+    let path = dir.join("data");
+    write_tagged(&path, 3, BLOCKS);
+    executor().run(async {
+        let file = LentDmaFile::new(DmaFile::open(&path).await.unwrap()).unwrap();
+        let ticket = file.ticket();
+        let loan = file.loan().unwrap();
+        let (go, wait) = mpsc::channel::<()>();
+        let returned = Arc::new(AtomicBool::new(false));
+        let worker = {
+            let returned = Arc::clone(&returned);
+            thread::spawn(move || {
+                wait.recv().unwrap();
+                // Reads after the owner started closing still see the file.
+                let block = pread_direct(&loan, 5 * BLOCK as u64, BLOCK).unwrap();
+                returned.store(true, Ordering::SeqCst);
+                drop(loan);
+                block
+            })
+        };
+
+        let mut close = pin!(file.close());
+        assert!(
+            poll_once(&mut close).await.is_pending(),
+            "a loan is out, so close must wait"
+        );
+        assert_eq!(
+            ticket.pin().unwrap_err(),
+            LendError::Closing { fd: ticket.fd() }
+        );
+        assert_eq!(fds_naming(&path), 1, "still open for the loan");
+
+        go.send(()).unwrap();
+        // Woken by the worker's drop; no polling loop.
+        close.await.unwrap();
+        assert!(
+            returned.load(Ordering::SeqCst),
+            "close resolved only after the loan was returned"
+        );
+        assert_eq!(fds_naming(&path), 0);
+        assert!(ticket.pin().is_err());
+        assert_eq!(worker.join().unwrap(), expected_block(3, 5));
+    });
+}
+
+#[test]
+fn reclaim_waits_for_local_loans_and_gives_the_dma_file_back() {
+    let dir = disk_dir("adapter-reclaim");
+    let path = dir.join("data");
+    write_tagged(&path, 4, BLOCKS);
+    executor().run(async {
+        let dma = DmaFile::open(&path).await.unwrap();
+        let file = LentDmaFile::new(dma).unwrap();
+        let ticket = file.ticket();
+        let local = file.local_loan();
+        let mut reclaim = pin!(file.reclaim());
+        assert!(poll_once(&mut reclaim).await.is_pending());
+        // The local loan still reads the file while the owner waits.
+        assert_eq!(
+            pread_direct(&local, 0, BLOCK).unwrap(),
+            expected_block(4, 0)
+        );
+        drop(local);
+        let dma = reclaim.await;
+        assert!(!ticket.is_current(), "no longer lent");
+        assert_eq!(fds_naming(&path), 1, "reclaim does not close");
+        assert_eq!(identity(fd_of(&dma)), path_identity(&path));
+        let block = dma.read_at(2 * BLOCK as u64, BLOCK).await.unwrap();
+        assert_eq!(&block[..], &expected_block(4, 2)[..]);
+        dma.close().await.unwrap();
+        assert_eq!(fds_naming(&path), 0);
+    });
+}
+
+#[test]
+fn into_dma_file_only_when_nothing_is_lent() {
+    let dir = disk_dir("adapter-into");
+    let path = dir.join("data");
+    write_tagged(&path, 5, 4);
+    executor().run(async {
+        let file = LentDmaFile::new(DmaFile::open(&path).await.unwrap()).unwrap();
+        let loan = file.loan().unwrap();
+        let file = file.into_dma_file().expect_err("a loan is out");
+        assert_eq!(file.outstanding(), 1);
+        drop(loan);
+        let dma = file.into_dma_file().expect("nothing lent");
+        // The same fd, relent: fdlend's slot for it was freed.
+        let file = LentDmaFile::new(dma).unwrap();
+        assert_eq!(
+            pread_direct(file.loan().unwrap(), 0, BLOCK).unwrap(),
+            expected_block(5, 0)
+        );
+        file.close().await.unwrap();
+        assert_eq!(fds_naming(&path), 0);
+    });
+}
+
+#[test]
+fn dropping_the_wrapper_with_loans_out_defers_the_close_to_the_last_loan() {
+    let dir = disk_dir("adapter-drop");
+    let path = dir.join("data");
+    write_tagged(&path, 6, BLOCKS);
+    let (loans, ticket) = executor().run(async {
+        let file = LentDmaFile::new(DmaFile::open(&path).await.unwrap()).unwrap();
+        let loans: Vec<_> = (0..3).map(|_| file.loan().unwrap()).collect();
+        let ticket = file.ticket();
+        drop(file);
+        (loans, ticket)
+    });
+    assert_eq!(fds_naming(&path), 1, "the loans keep it open");
+    assert_eq!(
+        ticket.pin().unwrap_err(),
+        LendError::Closing { fd: ticket.fd() }
+    );
+    let workers: Vec<_> = loans
+        .into_iter()
+        .enumerate()
+        .map(|(i, loan)| {
+            thread::spawn(move || pread_direct(&loan, (i * BLOCK) as u64, BLOCK).unwrap())
+        })
+        .collect();
+    for (i, worker) in workers.into_iter().enumerate() {
+        assert_eq!(worker.join().unwrap(), expected_block(6, i));
+    }
+    assert_eq!(fds_naming(&path), 0, "the last loan closed it, once");
+    assert_eq!(
+        ticket.pin().unwrap_err(),
+        LendError::Closed { fd: ticket.fd() }
+    );
+}
+
+#[test]
+fn dropping_an_unlent_wrapper_closes_at_once() {
+    let dir = disk_dir("adapter-drop-unlent");
+    let path = dir.join("data");
+    write_tagged(&path, 8, 4);
+    executor().run(async {
+        let file = LentDmaFile::new(DmaFile::open(&path).await.unwrap()).unwrap();
+        assert_eq!(fds_naming(&path), 1);
+        drop(file);
+        assert_eq!(fds_naming(&path), 0);
+    });
+}
+
+fn fd_of(dma: &DmaFile) -> std::os::fd::BorrowedFd<'_> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `dma` keeps its fd open for the borrow's lifetime.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(dma.as_raw_fd()) }
+}
+
+/// glommio issue #605: on some virtual disks polled reads fail with EOPNOTSUPP.
+/// Here the executor's own reads must succeed whichever ring glommio's probe chose;
+/// the test prints the choice.
+#[test]
+fn glommio_reads_succeed_on_this_disk() {
+    let dir = disk_dir("adapter-ring");
+    let path = dir.join("data");
+    write_tagged(&path, 9, 16);
+    executor().run(async {
+        let file = LentDmaFile::new(DmaFile::open(&path).await.unwrap()).unwrap();
+        for index in 0..16 {
+            let block = file
+                .dma()
+                .read_at((index * BLOCK) as u64, BLOCK)
+                .await
+                .unwrap();
+            assert_eq!(&block[..], &expected_block(9, index)[..]);
+        }
+        let stats = glommio::executor().io_stats();
+        eprintln!(
+            "glommio file reads: poll ring {:?}, main ring {:?}, latency ring {:?}",
+            stats.poll_ring.file_reads(),
+            stats.main_ring.file_reads(),
+            stats.latency_ring.file_reads()
+        );
+        file.close().await.unwrap();
+    });
+}

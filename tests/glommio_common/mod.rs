@@ -1,0 +1,125 @@
+//! Shared by the `glommio_*` test binaries: real on-disk files with a content tag per
+//! block, `O_DIRECT` reads on std threads, and `/proc/self/fd` inspection.
+#![allow(dead_code)]
+
+use glommio::{LocalExecutor, LocalExecutorBuilder, Placement};
+use std::io::Write;
+use std::os::fd::{AsFd, RawFd};
+use std::path::{Path, PathBuf};
+
+/// `O_DIRECT` transfer size and alignment used by the tests (the disk's logical
+/// block is 512; a page satisfies any block size).
+pub const BLOCK: usize = 4096;
+
+/// An empty directory for `name` on a real disk: `O_DIRECT` needs one (tmpfs
+/// refuses it).
+pub fn disk_dir(name: &str) -> PathBuf {
+    let mut candidates = vec![PathBuf::from(env!("CARGO_TARGET_TMPDIR"))];
+    candidates.push(PathBuf::from("/var/tmp"));
+    for base in candidates {
+        let tmpfs = nix::sys::statfs::statfs(&base)
+            .map(|fs| fs.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+            .unwrap_or(true);
+        if !tmpfs {
+            let dir = base.join(format!("fdlend-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            return dir;
+        }
+    }
+    panic!("no directory on a real disk for O_DIRECT files");
+}
+
+/// The content of block `index` of file `id`: a readable tag, then filler that
+/// depends on both, so a block of another file never matches.
+pub fn expected_block(id: u32, index: usize) -> Vec<u8> {
+    let mut block = vec![(id as u8).wrapping_mul(31) ^ (index as u8); BLOCK];
+    let tag = format!("file {id} block {index};");
+    block[..tag.len()].copy_from_slice(tag.as_bytes());
+    block
+}
+
+/// Writes file `id` with `blocks` tagged blocks (std I/O: `DmaFile::create` is
+/// write-only and would make glommio's poll probe fail) and syncs it.
+pub fn write_tagged(path: &Path, id: u32, blocks: usize) {
+    let mut file = std::fs::File::create(path).unwrap();
+    for index in 0..blocks {
+        file.write_all(&expected_block(id, index)).unwrap();
+    }
+    file.sync_all().unwrap();
+}
+
+/// An executor with a small DMA arena (memlock is 8 MiB here).
+pub fn executor() -> LocalExecutor {
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .io_memory(2 << 20)
+        .make()
+        .unwrap()
+}
+
+/// Reads `len` bytes at `offset` with a page-aligned buffer, as an `O_DIRECT` fd
+/// requires.
+pub fn pread_direct(fd: impl AsFd, offset: u64, len: usize) -> nix::Result<Vec<u8>> {
+    let mut raw = vec![0u8; len + BLOCK];
+    let start = raw.as_ptr().align_offset(BLOCK);
+    let buf = &mut raw[start..start + len];
+    let mut done = 0;
+    while done < len {
+        let n = nix::sys::uio::pread(fd.as_fd(), &mut buf[done..], (offset as i64) + done as i64)?;
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    Ok(buf[..done].to_vec())
+}
+
+/// `(dev, ino)`: which file an fd names, whatever its number.
+pub fn identity(fd: impl AsFd) -> (u64, u64) {
+    let stat = nix::sys::stat::fstat(fd.as_fd()).unwrap();
+    (stat.st_dev, stat.st_ino)
+}
+
+/// `(dev, ino)` of a path.
+pub fn path_identity(path: &Path) -> (u64, u64) {
+    let stat = nix::sys::stat::stat(path).unwrap();
+    (stat.st_dev, stat.st_ino)
+}
+
+/// True when the fd has `O_DIRECT` set.
+pub fn is_direct(fd: impl AsFd) -> bool {
+    let flags = nix::fcntl::fcntl(fd.as_fd(), nix::fcntl::FcntlArg::F_GETFL).unwrap();
+    nix::fcntl::OFlag::from_bits_truncate(flags).contains(nix::fcntl::OFlag::O_DIRECT)
+}
+
+/// Every open fd of this process and what it links to, less the one reading
+/// `/proc/self/fd` itself.
+pub fn open_fds() -> Vec<(RawFd, PathBuf)> {
+    let listing = PathBuf::from(format!("/proc/{}/fd", std::process::id()));
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let fd: RawFd = entry.file_name().to_str()?.parse().ok()?;
+            let target = std::fs::read_link(entry.path()).ok()?;
+            (target != listing).then_some((fd, target))
+        })
+        .collect()
+}
+
+/// How many of this process's fds name `path`.
+pub fn fds_naming(path: &Path) -> usize {
+    let path = std::fs::canonicalize(path).unwrap();
+    open_fds()
+        .iter()
+        .filter(|(_, target)| *target == path)
+        .count()
+}
+
+/// Polls `future` once; `Pending` proves it did not resolve yet.
+pub async fn poll_once<F: std::future::Future + Unpin>(
+    future: &mut F,
+) -> std::task::Poll<F::Output> {
+    std::future::poll_fn(|cx| std::task::Poll::Ready(std::pin::Pin::new(&mut *future).poll(cx)))
+        .await
+}

@@ -1,0 +1,81 @@
+//! Dropping a glommio executor while lent `DmaFile`s still have loans out: the
+//! loans keep working, and once they return nothing is left open. Its own binary,
+//! because it counts every entry of `/proc/self/fd`.
+#![cfg(feature = "glommio")]
+
+mod glommio_common;
+
+use fdlend::glommio::LentDmaFile;
+use fdlend::Loan;
+use glommio::io::DmaFile;
+use glommio_common::*;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::thread;
+
+const BLOCKS: usize = 8;
+
+#[test]
+fn dropping_the_executor_with_loans_out_leaks_nothing_once_they_return() {
+    let dir = disk_dir("executor-drop");
+    let paths: Vec<PathBuf> = (0..3)
+        .map(|id| {
+            let path = dir.join(format!("file-{id}"));
+            write_tagged(&path, id, BLOCKS);
+            path
+        })
+        .collect();
+    let baseline = open_fds();
+
+    // The owner thread: an executor and three lent files, each abandoned a
+    // different way, with their loans sent out before the executor goes away.
+    let owner_paths = paths.clone();
+    let loans: Vec<(Loan, u32)> = thread::spawn(move || {
+        let (send, loans) = mpsc::channel();
+        let executor = executor();
+        let escaped = executor.run(async {
+            let mut files = Vec::new();
+            for (id, path) in owner_paths.iter().enumerate() {
+                let file = LentDmaFile::new(DmaFile::open(path).await.unwrap()).unwrap();
+                send.send((file.loan().unwrap(), id as u32)).unwrap();
+                files.push(file);
+            }
+            let escaped = files.pop().unwrap();
+            let dropped = files.pop().unwrap();
+            let closing = files.pop().unwrap();
+            // 0: a close still waiting for its loan when the executor is dropped.
+            glommio::spawn_local(closing.close()).detach();
+            glommio::yield_if_needed().await;
+            // 1: the wrapper dropped on the executor.
+            drop(dropped);
+            // 2: the wrapper outlives the executor.
+            escaped
+        });
+        drop(executor);
+        drop(escaped);
+        drop(send);
+        loans.iter().collect()
+    })
+    .join()
+    .unwrap();
+
+    for path in &paths {
+        assert_eq!(fds_naming(path), 1, "{path:?}: kept open by its loan");
+    }
+    let readers: Vec<_> = loans
+        .into_iter()
+        .map(|(loan, id)| {
+            thread::spawn(move || {
+                let block = pread_direct(&loan, BLOCK as u64, BLOCK).unwrap();
+                assert_eq!(block, expected_block(id, 1), "file {id}");
+            })
+        })
+        .collect();
+    for reader in readers {
+        reader.join().unwrap();
+    }
+    for path in &paths {
+        assert_eq!(fds_naming(path), 0, "{path:?}: closed by its last loan");
+    }
+    assert_eq!(open_fds(), baseline, "nothing leaked");
+}

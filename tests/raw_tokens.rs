@@ -1,0 +1,168 @@
+//! Raw tokens (`BorrowedFd<'static>` standing for one counted loan): they read the
+//! lent file, count until returned, round-trip through `into_raw`/`from_raw`, cross
+//! threads, and carry an epoch check that turns false once the file is revoked.
+
+mod common;
+
+use common::{
+    identity, join, memfd_with, pattern, pipe, pread_exact, read_pipe, write_end, WriteEnd,
+};
+use fdlend::{Lender, Loan};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+
+const LEN: usize = 2048;
+
+fn lender_of(tag: u64) -> Lender {
+    Lender::try_from(memfd_with(&pattern(tag, LEN))).unwrap()
+}
+
+#[test]
+fn lend_fd_counts_until_return_fd() {
+    let lender = lender_of(1);
+    // SAFETY: returned once, below, and not used after that.
+    let token = unsafe { lender.lend_fd() }.unwrap();
+    assert_eq!(
+        token.as_raw_fd(),
+        lender.as_raw_fd(),
+        "the token is the lent fd itself, no dup"
+    );
+    assert_eq!(lender.outstanding(), 1);
+    assert_eq!(pread_exact(token, LEN, 0), pattern(1, LEN));
+    assert!(fdlend::is_current(token, lender.epoch()));
+    assert_eq!(fdlend::current_epoch(token), Some(lender.epoch()));
+    // While the token is out, the lender will not close.
+    let lender = lender.try_close().expect_err("a token is out");
+    // SAFETY: `token` came from `lend_fd` above and has not been returned.
+    unsafe { fdlend::return_fd(token) }.unwrap();
+    assert_eq!(lender.outstanding(), 0);
+    lender.try_close().expect("the token was returned").unwrap();
+}
+
+#[test]
+fn into_raw_and_from_raw_round_trip_the_count() {
+    let lender = lender_of(2);
+    let loan = lender.loan().unwrap();
+    let epoch = loan.epoch();
+    let token = loan.into_raw();
+    assert_eq!(lender.outstanding(), 1, "into_raw kept the loan's count");
+    // SAFETY: `token` came from `into_raw` and has not been returned.
+    let loan = unsafe { Loan::from_raw(token) }.unwrap();
+    assert_eq!(loan.epoch(), epoch);
+    assert_eq!(
+        lender.outstanding(),
+        1,
+        "from_raw took the count over, it did not add one"
+    );
+    assert_eq!(pread_exact(&loan, LEN, 0), pattern(2, LEN));
+
+    // And the other way: a `lend_fd` token rebuilt as a loan.
+    // SAFETY: handed to `from_raw` once, below, and not used after that.
+    let token = unsafe { lender.lend_fd() }.unwrap();
+    // SAFETY: `token` came from `lend_fd` and has not been returned.
+    let rebuilt = unsafe { Loan::from_raw(token) }.unwrap();
+    assert_eq!(lender.outstanding(), 2);
+    drop((loan, rebuilt));
+    assert_eq!(lender.outstanding(), 0);
+    lender.try_close().expect("every token came back").unwrap();
+}
+
+#[test]
+fn a_returned_token_is_the_last_loan_of_a_deferred_close() {
+    let (read, write) = pipe();
+    let lender = Lender::try_from(write).unwrap();
+    // SAFETY: returned once, below, and not used after that.
+    let token = unsafe { lender.lend_fd() }.unwrap();
+    let closing = lender.close();
+    nix::unistd::write(token, b"t").unwrap();
+    assert_eq!(
+        read_pipe(&read),
+        (b"t".to_vec(), WriteEnd::Open),
+        "the token holds the pipe open"
+    );
+    assert!(closing.result().is_none());
+    // SAFETY: `token` came from `lend_fd` above and has not been returned.
+    unsafe { fdlend::return_fd(token) }.unwrap();
+    assert_eq!(
+        write_end(&read),
+        WriteEnd::Closed,
+        "returning the token closed it"
+    );
+    assert!(matches!(closing.result(), Some(Ok(()))));
+}
+
+#[test]
+fn the_epoch_check_turns_false_after_close_now() {
+    let lender = lender_of(3);
+    let epoch = lender.epoch();
+    // SAFETY: never returned nor used for I/O: after `close_now` below the only use is
+    // `is_current`, which is how a token's holder checks it (SAFETY.md, raw tokens).
+    let token = unsafe { lender.lend_fd() }.unwrap();
+    let ticket = lender.ticket();
+    assert!(fdlend::is_current(token, epoch));
+    assert!(ticket.is_current());
+    // SAFETY: the token is not used for I/O after this, only checked.
+    unsafe { lender.close_now() }.unwrap();
+    assert!(
+        !fdlend::is_current(token, epoch),
+        "a revoked token checks as not current"
+    );
+    assert!(!ticket.is_current());
+    // Other tests may have reused the number meanwhile; never with this epoch.
+    assert_ne!(fdlend::current_epoch(token), Some(epoch));
+}
+
+#[test]
+fn a_raw_token_works_and_is_returned_on_another_thread() {
+    let file = memfd_with(&pattern(4, LEN));
+    let file_id = identity(&file);
+    let lender = Lender::try_from(file).unwrap();
+    let epoch = lender.epoch();
+    // SAFETY: moved to the reader thread, which returns it once and then drops it.
+    let token = unsafe { lender.lend_fd() }.unwrap();
+    let returned = Arc::new(AtomicBool::new(false));
+    let reader = thread::spawn({
+        let returned = Arc::clone(&returned);
+        move || {
+            assert!(
+                fdlend::is_current(token, epoch),
+                "checked before trusting it"
+            );
+            assert_eq!(identity(token), file_id);
+            assert_eq!(pread_exact(token, LEN, 0), pattern(4, LEN));
+            // Release pairs with the owner's Acquire load once close_wait returns.
+            returned.store(true, Ordering::Release);
+            // SAFETY: `token` came from `lend_fd` and has not been returned; unused after.
+            unsafe { fdlend::return_fd(token) }.unwrap();
+        }
+    });
+    // Blocks until the reader's return_fd: only that can drain the count.
+    lender.close_wait().unwrap();
+    assert!(
+        returned.load(Ordering::Acquire),
+        "close_wait returned before the token did"
+    );
+    join(reader);
+}
+
+#[test]
+fn a_token_made_on_another_thread_comes_back_as_a_loan() {
+    let lender = lender_of(5);
+    let loan = lender.loan().unwrap();
+    let token = join(thread::spawn(move || {
+        assert_eq!(pread_exact(&loan, LEN, 0), pattern(5, LEN));
+        loan.into_raw()
+    }));
+    assert_eq!(
+        lender.outstanding(),
+        1,
+        "the token carries the loan's count back"
+    );
+    // SAFETY: `token` came from `into_raw` on the other thread and has not been returned.
+    let loan = unsafe { Loan::from_raw(token) }.unwrap();
+    assert_eq!(loan.epoch(), lender.epoch());
+    drop(loan);
+    lender.try_close().expect("nothing lent").unwrap();
+}
