@@ -23,7 +23,6 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
@@ -35,7 +34,7 @@ rfc_workload: dup() per hand-off vs fdlend loans, on a glommio executor
 
   --rate N          reads/s the executor serves (default 20000)
   --fraction F      share of reads handed to the pool (default 0.1)
-  --duration S      seconds per run (default 4; the fd-limit runs take half)
+  --duration S      seconds per mode, run as two halves (default 4; fd-limit runs: half)
   --threads N       worker threads (default 4)
   --hold-ms N       how long a worker holds each hand-off (default 200)
   --region BYTES    bytes a worker reads per hand-off (default 16384)
@@ -162,7 +161,9 @@ struct Live {
     handed: AtomicU64,
     returned: AtomicU64,
     refused: AtomicU64,
+    sent_bytes: AtomicU64,
     peak_fds: AtomicU64,
+    peak_in_flight: AtomicU64,
     stop: AtomicBool,
 }
 
@@ -175,10 +176,41 @@ struct RunResult {
     owner_cpu: Duration,
     process_cpu: Duration,
     peak_fds_in_flight: u64,
+    sent_bytes: u64,
     handoff_ns: Vec<u64>,
+    handle_ns: Vec<u64>,
+    handoff_cpu: Duration,
+    peak_in_flight: u64,
     end_to_end_ns: Vec<u64>,
     read_errors: u64,
     close_wait: Option<(Duration, usize)>,
+}
+
+impl RunResult {
+    /// Folds another run of the same mode into this one.
+    fn absorb(&mut self, other: RunResult) {
+        debug_assert_eq!(self.mode, other.mode);
+        self.seconds += other.seconds;
+        self.reads += other.reads;
+        self.handed += other.handed;
+        self.refused += other.refused;
+        self.owner_cpu += other.owner_cpu;
+        self.process_cpu += other.process_cpu;
+        self.handoff_cpu += other.handoff_cpu;
+        self.peak_fds_in_flight = self.peak_fds_in_flight.max(other.peak_fds_in_flight);
+        self.peak_in_flight = self.peak_in_flight.max(other.peak_in_flight);
+        for (mine, theirs) in [
+            (&mut self.handoff_ns, other.handoff_ns),
+            (&mut self.handle_ns, other.handle_ns),
+            (&mut self.end_to_end_ns, other.end_to_end_ns),
+        ] {
+            mine.extend(theirs);
+            mine.sort_unstable();
+        }
+        self.read_errors += other.read_errors;
+        self.sent_bytes += other.sent_bytes;
+        self.close_wait = self.close_wait.max(other.close_wait);
+    }
 }
 
 fn main() {
@@ -215,10 +247,16 @@ fn run_all(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
         .io_memory(2 << 20)
         .make()?;
     let result = executor.run(async {
-        let mut full = Vec::new();
-        for mode in [Mode::Dup, Mode::Lend] {
-            full.push(run_one(config, &path, mode, config.duration, sink.as_ref()).await?);
-        }
+        // A short unreported run first (page cache, DMA arena, thread stacks), then
+        // each mode in two halves, ABBA, so drift in a shared machine's load cancels.
+        let warm_up = Duration::from_millis(500).min(config.duration);
+        run_one(config, &path, Mode::Lend, warm_up, sink.as_ref()).await?;
+        let half = config.duration / 2;
+        let mut dup = run_one(config, &path, Mode::Dup, half, sink.as_ref()).await?;
+        let mut lend = run_one(config, &path, Mode::Lend, half, sink.as_ref()).await?;
+        lend.absorb(run_one(config, &path, Mode::Lend, half, sink.as_ref()).await?);
+        dup.absorb(run_one(config, &path, Mode::Dup, half, sink.as_ref()).await?);
+        let full = vec![dup, lend];
         let mut limited = Vec::new();
         if config.fd_limit > 0 {
             let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
@@ -234,7 +272,11 @@ fn run_all(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
         let rings = glommio::executor().io_stats();
         eprintln!(
             "glommio served its reads on the {} ring (poll ring reads {}, main ring reads {})",
-            if rings.poll_ring.file_reads().0 > 0 { "poll" } else { "main" },
+            if rings.poll_ring.file_reads().0 > 0 {
+                "poll"
+            } else {
+                "main"
+            },
             rings.poll_ring.file_reads().0,
             rings.main_ring.file_reads().0
         );
@@ -277,7 +319,6 @@ async fn run_one(
     let limit = getrlimit(Resource::RLIMIT_NOFILE)?.0;
     let label = format!("{} (fd limit {limit})", mode.name());
     let live = Arc::new(Live::default());
-    let baseline_fds = count_fds().unwrap_or(0);
     let (senders, workers) = start_workers(config, &live, sink)?;
     let owner = match mode {
         Mode::Lend => Owner::Lent(LentDmaFile::new(DmaFile::open(path).await?)?),
@@ -298,7 +339,11 @@ async fn run_one(
     let blocks = file_len / BLOCK as u64;
     let region_blocks = (config.region / BLOCK) as u64;
     let next = Cell::new(0u64);
-    let handoff_ns = RefCell::new(Vec::with_capacity((total as f64 * config.fraction) as usize + 16));
+    let handoff_ns = RefCell::new(Vec::with_capacity(
+        (total as f64 * config.fraction) as usize + 16,
+    ));
+    let handle_ns = RefCell::new(Vec::with_capacity(handoff_ns.borrow().capacity()));
+    let handoff_cpu_ns = Cell::new(0u64);
     let read_errors = Cell::new(0u64);
     let other_errors = RefCell::new(Vec::new());
 
@@ -327,18 +372,24 @@ async fn run_one(
                 continue;
             }
             // The hand-off: from the decision to the range being queued for a worker.
+            let cpu_before = thread_cpu_ns();
             let decided = Instant::now();
             let handle = match &owner {
                 Owner::Lent(lent) => lent.loan().map(Handle::Loan).map_err(|e| e.to_string()),
-                Owner::Plain(dma) => match nix::unistd::dup(dma.as_fd()) {
-                    Ok(fd) => Ok(Handle::Dup(fd)),
-                    Err(Errno::EMFILE) => {
-                        live.refused.fetch_add(1, Ordering::Relaxed);
-                        continue;
+                // SAFETY: `dma` is borrowed from `owner`, which outlives this use, so
+                // its fd stays open while the borrow lives.
+                Owner::Plain(dma) => {
+                    match nix::unistd::dup(unsafe { BorrowedFd::borrow_raw(dma.as_raw_fd()) }) {
+                        Ok(fd) => Ok(Handle::Dup(fd)),
+                        Err(Errno::EMFILE) => {
+                            live.refused.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        Err(errno) => Err(errno.to_string()),
                     }
-                    Err(errno) => Err(errno.to_string()),
-                },
+                }
             };
+            let made = decided.elapsed();
             let handle = match handle {
                 Ok(handle) => handle,
                 Err(error) => {
@@ -353,10 +404,17 @@ async fn run_one(
                 decided,
             };
             live.handed.fetch_add(1, Ordering::Relaxed);
-            if senders[(i as usize) % senders.len()].send(hand_off).is_err() {
+            if senders[(i as usize) % senders.len()]
+                .send(hand_off)
+                .is_err()
+            {
                 break;
             }
-            handoff_ns.borrow_mut().push(decided.elapsed().as_nanos() as u64);
+            handoff_ns
+                .borrow_mut()
+                .push(decided.elapsed().as_nanos() as u64);
+            handle_ns.borrow_mut().push(made.as_nanos() as u64);
+            handoff_cpu_ns.set(handoff_cpu_ns.get() + thread_cpu_ns().saturating_sub(cpu_before));
         }
     };
     let tasks: Vec<_> = (0..32).map(|_| serve()).collect();
@@ -392,6 +450,10 @@ async fn run_one(
 
     let mut handoff_ns = handoff_ns.into_inner();
     handoff_ns.sort_unstable();
+    let mut handle_ns = handle_ns.into_inner();
+    handle_ns.sort_unstable();
+    let measuring = measurement_cost_ns() * handoff_ns.len() as u64;
+    let handoff_cpu = Duration::from_nanos(handoff_cpu_ns.get().saturating_sub(measuring));
     end_to_end_ns.sort_unstable();
     Ok(RunResult {
         mode,
@@ -402,7 +464,11 @@ async fn run_one(
         owner_cpu,
         process_cpu,
         peak_fds_in_flight: live.peak_fds.load(Ordering::Relaxed),
+        sent_bytes: live.sent_bytes.load(Ordering::Relaxed),
         handoff_ns,
+        handle_ns,
+        handoff_cpu,
+        peak_in_flight: live.peak_in_flight.load(Ordering::Relaxed),
         end_to_end_ns,
         read_errors: read_errors.get(),
         close_wait,
@@ -447,12 +513,19 @@ async fn futures_join_all<F: std::future::Future<Output = ()>>(futures: Vec<F>) 
     .await
 }
 
-type Workers = (Vec<mpsc::Sender<HandOff>>, Vec<thread::JoinHandle<Vec<u64>>>);
+type Workers = (
+    Vec<mpsc::Sender<HandOff>>,
+    Vec<thread::JoinHandle<Vec<u64>>>,
+);
 
 /// Each worker takes hand-offs in order, reads the first block at once, holds the
 /// hand-off for `hold` (a slow client), then reads (or sends) the whole range and
 /// lets go of the fd.
-fn start_workers(config: &Config, live: &Arc<Live>, sink: Option<&Sink>) -> std::io::Result<Workers> {
+fn start_workers(
+    config: &Config,
+    live: &Arc<Live>,
+    sink: Option<&Sink>,
+) -> std::io::Result<Workers> {
     let mut senders = Vec::new();
     let mut workers = Vec::new();
     for _ in 0..config.threads {
@@ -468,7 +541,8 @@ fn start_workers(config: &Config, live: &Arc<Live>, sink: Option<&Sink>) -> std:
             loop {
                 while held.front().is_some_and(|(due, _)| *due <= Instant::now()) {
                     let (_, hand_off) = held.pop_front().expect("front checked");
-                    finish(&hand_off, buf.get(), socket.as_ref());
+                    let sent = finish(&hand_off, buf.get(), socket.as_ref());
+                    live.sent_bytes.fetch_add(sent, Ordering::Relaxed);
                     latencies.push(hand_off.decided.elapsed().as_nanos() as u64);
                     drop(hand_off);
                     live.returned.fetch_add(1, Ordering::Relaxed);
@@ -499,20 +573,29 @@ fn start_workers(config: &Config, live: &Arc<Live>, sink: Option<&Sink>) -> std:
     Ok((senders, workers))
 }
 
-fn finish(hand_off: &HandOff, buf: &mut [u8], socket: Option<&TcpStream>) {
+/// Reads (or sends) the whole range; the bytes sent to the socket, if any.
+fn finish(hand_off: &HandOff, buf: &mut [u8], socket: Option<&TcpStream>) -> u64 {
     match socket {
         Some(socket) => {
             let mut offset = hand_off.offset as i64;
             let end = offset + buf.len() as i64;
             while offset < end {
-                match nix::sys::sendfile::sendfile(socket, &hand_off.handle, Some(&mut offset), (end - offset) as usize) {
+                let count = (end - offset) as usize;
+                match nix::sys::sendfile::sendfile(
+                    socket,
+                    &hand_off.handle,
+                    Some(&mut offset),
+                    count,
+                ) {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {}
                 }
             }
+            (offset - hand_off.offset as i64) as u64
         }
         None => {
             let _ = pread_full(&hand_off.handle, buf, hand_off.offset);
+            0
         }
     }
 }
@@ -578,10 +661,29 @@ fn count_fds() -> Option<u64> {
     Some(std::fs::read_dir("/proc/self/fd").ok()?.count() as u64)
 }
 
+/// This thread's CPU time so far (getrusage `RUSAGE_THREAD`: microsecond values, so
+/// one reading is coarse, but the sum of many short intervals is unbiased).
+fn thread_cpu_ns() -> u64 {
+    cpu(UsageWho::RUSAGE_THREAD).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// What one pair of `thread_cpu_ns` readings adds to an interval by itself.
+fn measurement_cost_ns() -> u64 {
+    const PAIRS: u64 = 20_000;
+    let mut total = 0;
+    for _ in 0..PAIRS {
+        let before = thread_cpu_ns();
+        total += thread_cpu_ns().saturating_sub(before);
+    }
+    total / PAIRS
+}
+
 fn cpu(who: UsageWho) -> nix::Result<Duration> {
     let usage = getrusage(who)?;
     let micros = |t: nix::sys::time::TimeVal| t.tv_sec() as u64 * 1_000_000 + t.tv_usec() as u64;
-    Ok(Duration::from_micros(micros(usage.user_time()) + micros(usage.system_time())))
+    Ok(Duration::from_micros(
+        micros(usage.user_time()) + micros(usage.system_time()),
+    ))
 }
 
 /// Samples `/proc/self/fd` for the peak and prints a progress line once a second.
@@ -595,8 +697,12 @@ impl Sampler {
             let start = Instant::now();
             let mut last_print = start;
             while !live.stop.load(Ordering::SeqCst) {
+                let handed = live.handed.load(Ordering::Relaxed);
+                let in_flight = handed.saturating_sub(live.returned.load(Ordering::Relaxed));
+                live.peak_in_flight.fetch_max(in_flight, Ordering::Relaxed);
                 if let Some(count) = count_fds() {
-                    live.peak_fds.fetch_max(count.saturating_sub(baseline), Ordering::Relaxed);
+                    live.peak_fds
+                        .fetch_max(count.saturating_sub(baseline), Ordering::Relaxed);
                 }
                 if last_print.elapsed() >= Duration::from_secs(1) {
                     last_print = Instant::now();
@@ -656,45 +762,112 @@ fn print_table(config: &Config, full: &[RunResult], limited: &[RunResult]) {
         config.fraction * 100.0,
         config.threads,
         config.hold.as_millis(),
-        if config.sendfile { ", sendfile to loopback" } else { "" }
+        if config.sendfile {
+            ", sendfile to loopback"
+        } else {
+            ""
+        }
     );
-    row("", full.iter().map(|r| format!("{} per hand-off", r.mode.name())).collect());
-    let per = |r: &RunResult, d: Duration| human_ns(d.as_nanos() as f64 / r.handed.max(1) as f64);
-    row("reads served /s", full.iter().map(|r| format!("{:.0}", r.reads as f64 / r.seconds)).collect());
-    row("hand-offs /s", full.iter().map(|r| format!("{:.0}", r.handed as f64 / r.seconds)).collect());
     row(
-        "hand-off latency p50 / p99 (owner)",
+        "",
         full.iter()
-            .map(|r| format!("{} / {}", percentile(&r.handoff_ns, 0.5), percentile(&r.handoff_ns, 0.99)))
+            .map(|r| format!("{} per hand-off", r.mode.name()))
+            .collect(),
+    );
+    let per = |r: &RunResult, d: Duration| human_ns(d.as_nanos() as f64 / r.handed.max(1) as f64);
+    row(
+        "reads served /s",
+        full.iter()
+            .map(|r| format!("{:.0}", r.reads as f64 / r.seconds))
+            .collect(),
+    );
+    row(
+        "hand-offs /s",
+        full.iter()
+            .map(|r| format!("{:.0}", r.handed as f64 / r.seconds))
+            .collect(),
+    );
+    row(
+        "dup() / loan() alone p50 / p99",
+        full.iter()
+            .map(|r| {
+                format!(
+                    "{} / {}",
+                    percentile(&r.handle_ns, 0.5),
+                    percentile(&r.handle_ns, 0.99)
+                )
+            })
+            .collect(),
+    );
+    row(
+        "hand-off latency p50 / p99 (+queue)",
+        full.iter()
+            .map(|r| {
+                format!(
+                    "{} / {}",
+                    percentile(&r.handoff_ns, 0.5),
+                    percentile(&r.handoff_ns, 0.99)
+                )
+            })
             .collect(),
     );
     row(
         "owner-thread CPU per hand-off",
-        full.iter().map(|r| per(r, r.owner_cpu)).collect(),
+        full.iter().map(|r| per(r, r.handoff_cpu)).collect(),
     );
     row(
-        "process CPU per hand-off",
-        full.iter().map(|r| per(r, r.process_cpu)).collect(),
+        "owner-thread CPU, whole run",
+        full.iter()
+            .map(|r| format!("{:.0} ms", r.owner_cpu.as_secs_f64() * 1e3))
+            .collect(),
+    );
+    row(
+        "process CPU, whole run",
+        full.iter()
+            .map(|r| format!("{:.0} ms", r.process_cpu.as_secs_f64() * 1e3))
+            .collect(),
+    );
+    row(
+        "peak hand-offs in flight",
+        full.iter().map(|r| r.peak_in_flight.to_string()).collect(),
     );
     row(
         "peak fds in flight (/proc/self/fd)",
-        full.iter().map(|r| r.peak_fds_in_flight.to_string()).collect(),
+        full.iter()
+            .map(|r| r.peak_fds_in_flight.to_string())
+            .collect(),
     );
     row(
         "decision to release p50 / p99",
         full.iter()
-            .map(|r| format!("{} / {}", percentile(&r.end_to_end_ns, 0.5), percentile(&r.end_to_end_ns, 0.99)))
+            .map(|r| {
+                format!(
+                    "{} / {}",
+                    percentile(&r.end_to_end_ns, 0.5),
+                    percentile(&r.end_to_end_ns, 0.99)
+                )
+            })
             .collect(),
     );
     row(
         "owner close waited for",
         full.iter()
             .map(|r| match r.close_wait {
-                Some((waited, loans)) => format!("{loans} loans, {}", human_ns(waited.as_nanos() as f64)),
+                Some((waited, loans)) => {
+                    format!("{loans} loans, {}", human_ns(waited.as_nanos() as f64))
+                }
                 None => "n/a (dups)".into(),
             })
             .collect(),
     );
+    if config.sendfile {
+        row(
+            "sendfile to loopback",
+            full.iter()
+                .map(|r| format!("{:.1} MiB", r.sent_bytes as f64 / (1 << 20) as f64))
+                .collect(),
+        );
+    }
     if !limited.is_empty() {
         let limit = config.fd_limit;
         row(
@@ -707,9 +880,17 @@ fn print_table(config: &Config, full: &[RunResult], limited: &[RunResult]) {
         );
         row(
             &format!("RLIMIT_NOFILE={limit}: peak fds in flight"),
-            limited.iter().map(|r| r.peak_fds_in_flight.to_string()).collect(),
+            limited
+                .iter()
+                .map(|r| r.peak_fds_in_flight.to_string())
+                .collect(),
         );
     }
+    println!(
+        "(owner rows cover deciding, dup()/loan(), and queueing to a worker, whose wake-up \
+         dominates; the 'alone' row is the primitive itself. CPU rows are noisy on a \
+         shared machine.)"
+    );
     let errors: u64 = full.iter().chain(limited).map(|r| r.read_errors).sum();
     if errors > 0 {
         println!("(owner read errors: {errors})");

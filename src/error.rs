@@ -8,7 +8,8 @@ use std::os::fd::{OwnedFd, RawFd};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum LendError {
-    /// The file behind this handle was closed and its fd number is unused now.
+    /// The file behind this handle was closed, and no `Lender` lends its fd number
+    /// now (the number may be unused, or name a file fdlend does not know).
     Closed {
         /// The fd number the handle named.
         fd: RawFd,
@@ -18,7 +19,7 @@ pub enum LendError {
         /// The fd number being closed.
         fd: RawFd,
     },
-    /// The handle's file was closed and its fd number now names another file.
+    /// The handle's file was closed and its fd number is now lent for another file.
     Stale {
         /// The reused fd number.
         fd: RawFd,
@@ -78,7 +79,7 @@ impl fmt::Display for LendError {
             }
             LendError::Stale { fd } => write!(
                 f,
-                "fd {fd} was closed and its number now names another file; drop this handle"
+                "fd {fd} was closed and its number is now lent for another file; drop this handle"
             ),
             LendError::Saturated { fd, limit } => write!(
                 f,

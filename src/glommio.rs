@@ -40,24 +40,37 @@
 //!
 //! # Polled I/O on virtual disks (glommio issue #605)
 //!
-//! glommio probes each block device once, at the first `DmaFile` opened on it
-//! (`Reactor::probe_iopoll_support`, cached per device), by issuing a real read on
-//! its poll ring; only `ENOTSUP` (= `EOPNOTSUPP` on Linux) or another error turns
-//! polling off. The probe's verdict decides the ring for every later read of every
-//! file on that device. On a virtio disk whose queue has no poll queues
-//! (`/sys/block/vda/queue/io_poll` = 0), Linux 6.x fails the probe with
-//! `EOPNOTSUPP`, so glommio falls back to its interrupt-driven main ring and reads
-//! work. Two traps: the probe needs a *readable* fd (a `DmaFile::create`, write-only,
-//! probes with `EBADF`; glommio logs an error and caches "not pollable", glommio issue
-//! #670, which is harmless for reads), and the probe must not be done on `tmpfs`,
-//! which refuses `O_DIRECT` altogether (glommio then never opens the file
-//! `O_DIRECT`). Nothing in this adapter depends on the ring glommio picked: lent fds
-//! are read with plain `pread`/`sendfile` on other threads.
+//! glommio decides per block device, at the first `DmaFile` opened on it, whether
+//! reads go to its polled (`IORING_SETUP_IOPOLL`) ring: it issues one real read
+//! there and turns polling off if that fails (`Reactor::probe_iopoll_support`,
+//! cached per device). #605 is the case where that verdict is wrong and later reads
+//! fail with `EOPNOTSUPP` (errno 95). On this project's machine (a virtio disk with
+//! no poll queues, `/sys/block/vda/queue/io_poll` = 0, Linux 6.18), a polled
+//! `O_DIRECT` read completes with `-EOPNOTSUPP`, the probe sees it, and glommio
+//! serves every read on its main (interrupt-driven) ring: `DmaFile::open` and
+//! `read_at` work with no setting at all (`tests/glommio_adapter.rs` prints the
+//! per-ring read counts). Three things to keep it that way:
+//! - open for reading with `DmaFile::open` (readable): the probe reads, so a
+//!   write-only `DmaFile::create` probes with `EBADF` and glommio caches "not
+//!   pollable" for the whole device (glommio #670) — harmless here, wrong on NVMe;
+//! - keep the files on a real disk: on tmpfs glommio skips `O_DIRECT` entirely;
+//! - on a device where the probe does pass but reads later fail with
+//!   `EOPNOTSUPP`, opening any file of that device write-only first (as above)
+//!   forces the main ring, since the cached verdict is per device.
+//!
+//! Nothing in this adapter depends on the ring glommio picked: lent fds are read
+//! with plain `pread`/`sendfile` on other threads (`O_DIRECT` rules apply: glommio
+//! sets `O_DIRECT` on the fd, so buffers, offsets and lengths must be aligned).
 
-use crate::{LendError, Lender, Loan, LocalLoan, Ticket};
+use crate::{LendError, Lender, Loan, LocalLoan, Reclaim, Ticket};
 use ::glommio::io::{DmaFile, OwnedDmaFile};
+use std::cell::RefCell;
 use std::fmt;
+use std::future::Future;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::rc::{Rc, Weak};
+use std::task::{Context, Poll};
 
 /// A glommio [`DmaFile`] whose fd is lent to other threads.
 ///
@@ -94,14 +107,17 @@ impl LentDmaFile {
         let shared = unsafe { OwnedFd::from_raw_fd(dma.as_raw_fd()) };
         match Lender::with_max_loans(shared, max_loans) {
             Ok(lender) => Ok(LentDmaFile {
-                dma: Unclosing(Some(dma)),
+                dma: Unclosing(Some(Box::new(dma))),
                 lender,
             }),
             Err(refused) => {
                 let error = refused.error();
                 // The DmaFile remains the fd's only owner.
                 let _ = refused.into_fd().into_raw_fd();
-                Err(RegisterDmaError { error, dma })
+                Err(RegisterDmaError {
+                    error,
+                    dma: Box::new(dma),
+                })
             }
         }
     }
@@ -142,10 +158,12 @@ impl LentDmaFile {
     /// meanwhile. The wait is woken by the thread returning the last loan.
     ///
     /// Dropped before it resolves, the future hands the close to the last loan,
-    /// as dropping the wrapper does.
+    /// as dropping the wrapper does. glommio does not drop a task that is waiting
+    /// when its executor is dropped (the task is leaked); the wait is then given up
+    /// when the executor's thread exits, and the last loan closes the fd.
     pub async fn reclaim(self) -> DmaFile {
         let LentDmaFile { mut dma, lender } = self;
-        let fd = lender.reclaim().await;
+        let fd = Reclaiming::new(lender.reclaim()).await;
         // Every loan is back and fdlend's slot is free: give up its ownership so
         // the DmaFile is the fd's one owner again. No await point from here to the
         // hand-over, so a cancelled future cannot split them.
@@ -204,15 +222,18 @@ impl fmt::Debug for LentDmaFile {
 /// decides the close. Dropping it detaches the file from glommio (which would
 /// otherwise queue an io_uring close on its reactor, or leak the fd if the reactor
 /// is gone) and forgets the fd.
-struct Unclosing(Option<DmaFile>);
+// Boxed: a `DmaFile` is ~120 bytes, and the wrapper travels in `Result`s.
+struct Unclosing(Option<Box<DmaFile>>);
 
 impl Unclosing {
     fn get(&self) -> &DmaFile {
-        self.0.as_ref().expect("fdlend: DmaFile present until taken")
+        self.0
+            .as_ref()
+            .expect("fdlend: DmaFile present until taken")
     }
 
     fn take(&mut self) -> DmaFile {
-        self.0.take().expect("fdlend: DmaFile taken once")
+        *self.0.take().expect("fdlend: DmaFile taken once")
     }
 }
 
@@ -222,7 +243,73 @@ impl Drop for Unclosing {
             // `OwnedDmaFile` takes the fd out of glommio's file (whose drop then
             // does nothing) and releases the reactor handle and the scheduler;
             // forgetting it skips its synchronous close, leaking only the path.
-            std::mem::forget(OwnedDmaFile::from(dma));
+            std::mem::forget(OwnedDmaFile::from(*dma));
+        }
+    }
+}
+
+/// A [`Reclaim`] that the owner's thread gives up when it exits, in case the task
+/// awaiting it was leaked with its executor and will never be polled or dropped.
+struct Reclaiming {
+    pending: Rc<RefCell<Option<Reclaim>>>,
+}
+
+impl Reclaiming {
+    fn new(reclaim: Reclaim) -> Reclaiming {
+        let pending = Rc::new(RefCell::new(Some(reclaim)));
+        // Fails only while this thread's locals are being destroyed: the future is
+        // then dropped with the thread's last frames anyway.
+        let _ = STRANDED.try_with(|stranded| stranded.watch(Rc::downgrade(&pending)));
+        Reclaiming { pending }
+    }
+}
+
+impl Future for Reclaiming {
+    type Output = OwnedFd;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<OwnedFd> {
+        let mut pending = self.pending.borrow_mut();
+        let reclaim = pending
+            .as_mut()
+            .expect("Reclaiming polled after completion");
+        let fd = std::task::ready!(Pin::new(reclaim).poll(cx));
+        *pending = None;
+        Poll::Ready(fd)
+    }
+}
+
+thread_local! {
+    static STRANDED: Stranded = const { Stranded { watched: RefCell::new(Vec::new()) } };
+}
+
+/// The reclaims started on this thread whose futures may still be alive.
+struct Stranded {
+    watched: RefCell<Vec<Weak<RefCell<Option<Reclaim>>>>>,
+}
+
+impl Stranded {
+    fn watch(&self, pending: Weak<RefCell<Option<Reclaim>>>) {
+        let mut watched = self.watched.borrow_mut();
+        // Finished or dropped futures leave dead entries; pruning at powers of two
+        // keeps the list proportional to the live ones at amortized O(1).
+        if watched.len() >= 16 && watched.len().is_power_of_two() {
+            watched.retain(|entry| entry.strong_count() > 0);
+        }
+        watched.push(pending);
+    }
+}
+
+impl Drop for Stranded {
+    fn drop(&mut self) {
+        for entry in self.watched.get_mut().drain(..) {
+            if let Some(pending) = entry.upgrade() {
+                // Its future lives in a task leaked with an executor of this thread:
+                // it can never be polled again. Dropping the Reclaim hands the close
+                // to the last loan (or closes now if they are all back). The leaked
+                // DmaFile stays in `Unclosing` and is never dropped, so glommio
+                // never closes the fd too.
+                drop(pending.borrow_mut().take());
+            }
         }
     }
 }
@@ -230,7 +317,7 @@ impl Drop for Unclosing {
 /// [`LentDmaFile::new`] refused: why, and the `DmaFile`, untouched.
 pub struct RegisterDmaError {
     error: LendError,
-    dma: DmaFile,
+    dma: Box<DmaFile>,
 }
 
 impl RegisterDmaError {
@@ -241,7 +328,7 @@ impl RegisterDmaError {
 
     /// The `DmaFile`, still open and owned by glommio alone.
     pub fn into_dma_file(self) -> DmaFile {
-        self.dma
+        *self.dma
     }
 }
 

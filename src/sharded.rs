@@ -32,6 +32,7 @@ use crate::loan::{Epoch, Loan, Ticket};
 use crate::sync::{AtomicU64, Ordering};
 use crate::Closing;
 use std::fmt;
+use std::fs::File;
 use std::io;
 use std::mem::ManuallyDrop;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -221,8 +222,7 @@ impl ShardedLender {
     /// [`Lender::new`] refuses).
     pub fn new(fd: OwnedFd) -> Result<ShardedLender, RegisterError> {
         let lender = Lender::new(fd)?;
-        Ok(ShardedLender::from_lender(lender)
-            .expect("a fresh lender has room for one loan"))
+        Ok(ShardedLender::from_lender(lender).expect("a fresh lender has room for one loan"))
     }
 
     /// Lends `lender`'s fd in sharded mode. The shared loans together take one loan
@@ -272,10 +272,9 @@ impl ShardedLender {
     pub fn outstanding(&self) -> usize {
         let family = self.family();
         // Relaxed: a diagnostic sum of counters other threads may be changing.
-        let shards = family
-            .shards
-            .iter()
-            .fold(0u64, |sum, shard| sum.wrapping_add(shard.0.load(Ordering::Relaxed)));
+        let shards = family.shards.iter().fold(0u64, |sum, shard| {
+            sum.wrapping_add(shard.0.load(Ordering::Relaxed))
+        });
         let central = family.central.0.load(Ordering::Relaxed);
         central.wrapping_add(shards).wrapping_sub(BIAS + 1) as usize
     }
@@ -285,7 +284,10 @@ impl ShardedLender {
     /// mode. The family holds one core loan until its last shared loan is dropped,
     /// so a `close_wait` on the result waits for them too.
     pub fn into_lender(mut self) -> Lender {
-        let lender = self.lender.take().expect("fdlend: ShardedLender consumed twice");
+        let lender = self
+            .lender
+            .take()
+            .expect("fdlend: ShardedLender consumed twice");
         // SAFETY: once per family (`lender` is now `None`, so `Drop` will not), by the
         // owner, whose reference ends here.
         unsafe { switch_to_central(self.family) };
@@ -313,6 +315,22 @@ impl Drop for ShardedLender {
             unsafe { switch_to_central(self.family) };
             drop(lender);
         }
+    }
+}
+
+impl TryFrom<OwnedFd> for ShardedLender {
+    type Error = RegisterError;
+
+    fn try_from(fd: OwnedFd) -> Result<ShardedLender, RegisterError> {
+        ShardedLender::new(fd)
+    }
+}
+
+impl TryFrom<File> for ShardedLender {
+    type Error = RegisterError;
+
+    fn try_from(file: File) -> Result<ShardedLender, RegisterError> {
+        ShardedLender::new(file.into())
     }
 }
 

@@ -196,10 +196,8 @@ fn returning_a_raw_token_twice_after_the_close_is_not_lent() {
         // SAFETY: the second return, on purpose: the number's slot is free, so there
         // is nothing it could take. Nothing else in this binary runs meanwhile
         // (`serial`), so no other lender can have the number.
-        assert_eq!(
-            unsafe { fdlend::return_fd(token) }.unwrap_err(),
-            LendError::NotLent { fd }
-        );
+        let second = unsafe { fdlend::return_fd(token) };
+        assert_eq!(second.unwrap_err(), LendError::NotLent { fd });
     });
 }
 
@@ -223,10 +221,8 @@ fn from_raw_on_an_unlent_fd_is_not_lent() {
         // SAFETY: `lender` owns the fd and outlives the token, which is only refused.
         let token = unsafe { BorrowedFd::borrow_raw(fd) };
         // SAFETY: not from `lend_fd`: nothing was lent, so fdlend must refuse it.
-        assert_eq!(
-            unsafe { fdlend::Loan::from_raw(token) }.unwrap_err(),
-            LendError::NotLent { fd }
-        );
+        let refused = unsafe { fdlend::Loan::from_raw(token) };
+        assert_eq!(refused.unwrap_err(), LendError::NotLent { fd });
         assert_eq!(lender.outstanding(), 0);
         assert_still_lends(&lender, 9);
         lender.try_close().expect("nothing lent").unwrap();

@@ -8,8 +8,8 @@
 mod common;
 
 use common::{
-    identity, join, lend_error, occupy, pipe, read_pipe, serial, spin_until, write_end,
-    write_through, Identity, Parker, WriteEnd,
+    assert_not_closed_again, identity, join, lend_error, pipe, read_pipe, serial, spin_until,
+    write_end, write_through, Identity, Parker, WriteEnd,
 };
 use fdlend::{LendError, Lender};
 use std::fs::File;
@@ -251,19 +251,6 @@ fn close_async_with_nothing_lent_is_ready_at_once() {
         std::task::Poll::Ready(Ok(()))
     ));
     assert_eq!(write_end(&read), WriteEnd::Closed);
-}
-
-/// Checks that nothing closes `fd`'s number again: a file now holding it survives
-/// `rest`.
-fn assert_not_closed_again(fd: RawFd, rest: impl FnOnce()) {
-    let occupant = occupy(fd).expect("the closed number is free for the next open()");
-    let occupant_id = identity(&occupant);
-    rest();
-    assert_eq!(
-        identity(&occupant),
-        occupant_id,
-        "fd {fd} was closed a second time"
-    );
 }
 
 #[test]

@@ -7,39 +7,15 @@
 mod common;
 
 use common::{
-    identity, join, occupy, pipe, read_pipe, serial, spin_until, write_end, write_through,
-    Identity, Parker, WriteEnd,
+    assert_not_closed_again, identity, join, pipe, read_pipe, serial, spin_until, write_end,
+    write_through, Identity, Parker, WriteEnd,
 };
 use fdlend::{Closing, LendError, Lender};
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::mpsc;
 use std::task::Poll;
 use std::thread;
-
-/// Takes the number the lent fd had, now that it is closed, and checks after `rest`
-/// (everything still left of the lender) that nothing closed it a second time.
-fn assert_not_closed_again(fd: RawFd, rest: impl FnOnce()) {
-    let occupant = occupy(fd).expect("the closed fd number is free again for the next open()");
-    let occupant_id = identity(&occupant);
-    rest();
-    match nix::sys::stat::fstat(&occupant) {
-        Ok(stat) => assert_eq!(
-            Identity {
-                dev: stat.st_dev,
-                ino: stat.st_ino
-            },
-            occupant_id,
-            "fd {fd} was closed again and reused by another file"
-        ),
-        Err(errno) => {
-            // Something closed the occupant behind its back; dropping it would close
-            // the number once more (and debug std aborts on that), so leak the handle.
-            std::mem::forget(occupant);
-            panic!("fd {fd} was closed a second time: fstat says {errno}");
-        }
-    }
-}
 
 /// A thread holding one loan of the write end; it writes `tag` through it, then
 /// drops it when told to and says when it has.
@@ -166,10 +142,8 @@ fn local_loans_and_raw_tokens_hold_the_pipe_open_too() {
         // SAFETY: deliberately returns the token a second time to check that fdlend
         // refuses it: the slot is free, so nothing is counted or closed (the occupant
         // check around this proves it), and the token is not used for I/O.
-        assert_eq!(
-            unsafe { fdlend::return_fd(token) },
-            Err(LendError::NotLent { fd })
-        );
+        let second = unsafe { fdlend::return_fd(token) };
+        assert_eq!(second, Err(LendError::NotLent { fd }));
     });
 }
 

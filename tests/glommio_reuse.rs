@@ -113,7 +113,10 @@ fn close_with_loans_out_then_fd_reuse_never_reads_the_wrong_file() {
     let (pinned, refused) = pinner.join().unwrap();
     let reused = numbers.windows(2).filter(|pair| pair[0] == pair[1]).count();
     eprintln!("fd numbers {numbers:?}: {reused} reuses; pins {pinned} ok, {refused} refused");
-    assert!(reused > 0, "the test needs fd numbers to be reused: {numbers:?}");
+    assert!(
+        reused > 0,
+        "the test needs fd numbers to be reused: {numbers:?}"
+    );
     assert!(refused > 0);
     for path in &paths {
         assert_eq!(fds_naming(path), 0);

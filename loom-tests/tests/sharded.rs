@@ -36,13 +36,21 @@ fn a_clone_racing_the_switch_is_counted_once() {
         let closing = sharded.close();
         loom::future::block_on(closing).expect("close(2) of the lent fd");
 
-        assert_eq!(witness.drain(), (b"c".to_vec(), true), "the clone wrote, then the close");
+        assert_eq!(
+            witness.drain(),
+            (b"c".to_vec(), true),
+            "the clone wrote, then the close"
+        );
         witness.assert_released();
         // A second close of the number, if any, would now hit this file.
         let canary = File::open("/dev/null").unwrap();
         let canary_id = identity(&canary);
         holder.join().unwrap();
-        assert_eq!(identity(&canary), canary_id, "something closed the number again");
+        assert_eq!(
+            identity(&canary),
+            canary_id,
+            "something closed the number again"
+        );
     });
 }
 
@@ -65,7 +73,11 @@ fn the_last_return_after_the_switch_closes_exactly_once() {
         for holder in holders {
             holder.join().unwrap();
         }
-        assert_eq!(witness.drain_sorted(), (b"ab".to_vec(), true), "both wrote, then the close");
+        assert_eq!(
+            witness.drain_sorted(),
+            (b"ab".to_vec(), true),
+            "both wrote, then the close"
+        );
         witness.assert_released();
     });
 }
@@ -85,7 +97,11 @@ fn reclaim_after_the_switch_wakes_once_the_last_shard_loan_is_back() {
         // As a future, so a lost wake from whoever ends the family (and with it the
         // core loan) would be a loom deadlock.
         let fd = loom::future::block_on(sharded.into_lender().reclaim());
-        assert_eq!(witness.drain(), (b"r".to_vec(), false), "back, unclosed: ours now");
+        assert_eq!(
+            witness.drain(),
+            (b"r".to_vec(), false),
+            "back, unclosed: ours now"
+        );
         holder.join().unwrap();
         drop(fd);
         assert_eq!(witness.drain(), (Vec::new(), true));

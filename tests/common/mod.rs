@@ -174,6 +174,31 @@ pub fn occupy_with(fd: RawFd, mut open: impl FnMut() -> File) -> Option<File> {
     }
 }
 
+/// Takes the number a lent fd had, now that it is closed, and checks after `rest`
+/// (everything still left of its lender) that nothing closed the number a second time.
+/// Only meaningful under [`serial`].
+pub fn assert_not_closed_again(fd: RawFd, rest: impl FnOnce()) {
+    let occupant = occupy(fd).expect("the closed fd number is free again for the next open()");
+    let occupant_id = identity(&occupant);
+    rest();
+    match nix::sys::stat::fstat(&occupant) {
+        Ok(stat) => assert_eq!(
+            Identity {
+                dev: stat.st_dev,
+                ino: stat.st_ino
+            },
+            occupant_id,
+            "fd {fd} was closed again and reused by another file"
+        ),
+        Err(errno) => {
+            // Something closed the occupant behind its back; dropping it would close
+            // the number once more (and debug std aborts on that), so leak the handle.
+            std::mem::forget(occupant);
+            panic!("fd {fd} was closed a second time: fstat says {errno}");
+        }
+    }
+}
+
 /// Waits for something another thread does. Not a timing assertion: the bound only
 /// turns a hang (the bug it would be) into a failure with a message.
 pub fn spin_until(what: &str, mut done: impl FnMut() -> bool) {

@@ -11,9 +11,26 @@ use std::path::{Path, PathBuf};
 /// block is 512; a page satisfies any block size).
 pub const BLOCK: usize = 4096;
 
+/// A directory on a real disk, removed with its files when dropped.
+pub struct TestDir(PathBuf);
+
+impl std::ops::Deref for TestDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// An empty directory for `name` on a real disk: `O_DIRECT` needs one (tmpfs
 /// refuses it).
-pub fn disk_dir(name: &str) -> PathBuf {
+pub fn disk_dir(name: &str) -> TestDir {
     let mut candidates = vec![PathBuf::from(env!("CARGO_TARGET_TMPDIR"))];
     candidates.push(PathBuf::from("/var/tmp"));
     for base in candidates {
@@ -24,7 +41,7 @@ pub fn disk_dir(name: &str) -> PathBuf {
             let dir = base.join(format!("fdlend-{name}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).unwrap();
-            return dir;
+            return TestDir(dir);
         }
     }
     panic!("no directory on a real disk for O_DIRECT files");

@@ -1,0 +1,170 @@
+//! The lender close modes and the futures some of them leave behind, driven on
+//! real handles and mirrored in the model.
+
+use crate::model::{identity, Phase};
+use crate::world::{extract, World};
+use crate::CloseMode;
+use fdlend::{CloseFuture, LendError, Reclaim};
+use std::future::Future;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::task::{Context, Waker};
+use std::thread::JoinHandle;
+
+/// A `close_async` or `reclaim` future, polled or dropped by later ops.
+pub(crate) enum Wait {
+    Close(CloseFuture),
+    Reclaim(Reclaim),
+}
+
+impl World {
+    pub(crate) fn close(&mut self, at: usize, mode: CloseMode) {
+        let (lender, inc) = self.lenders.swap_remove(at);
+        let (fd, locals) = (
+            self.model.incarnations[inc].fd,
+            self.model.incarnations[inc].locals,
+        );
+        let unlent = self.model.outstanding(inc) == 0;
+        match mode {
+            CloseMode::Close => {
+                self.closings.push((lender.close(), inc));
+                self.model.begin_close(inc, false);
+            }
+            CloseMode::Drop => {
+                drop(lender);
+                self.model.begin_close(inc, false);
+            }
+            CloseMode::TryClose => match lender.try_close() {
+                Ok(result) => {
+                    assert!(unlent, "try_close closed a lent fd");
+                    result.expect("close(2) of an open fd");
+                    self.model.begin_close(inc, false);
+                }
+                Err(lender) => {
+                    assert!(!unlent, "try_close refused with nothing lent");
+                    self.lenders.push((lender, inc));
+                }
+            },
+            CloseMode::IntoOwnedFd => match lender.into_owned_fd() {
+                Ok(owned) => {
+                    assert!(unlent, "into_owned_fd took back a lent fd");
+                    self.model.incarnations[inc].phase = Phase::Gone;
+                    self.unlent.push((owned, self.model.incarnations[inc].file));
+                }
+                Err(lender) => {
+                    assert!(!unlent, "into_owned_fd refused with nothing lent");
+                    self.lenders.push((lender, inc));
+                }
+            },
+            CloseMode::CloseWait if locals > 0 => {
+                let error = lender
+                    .close_wait()
+                    .expect_err("close_wait with local loans out");
+                let inner = error
+                    .get_ref()
+                    .and_then(|e| e.downcast_ref::<LendError>())
+                    .copied();
+                let count = locals as usize;
+                assert_eq!(inner, Some(LendError::LocalLoansOutstanding { fd, count }));
+                self.model.begin_close(inc, false);
+            }
+            CloseMode::ReclaimWait if locals > 0 => {
+                let lender = lender
+                    .reclaim_wait()
+                    .expect_err("reclaim_wait with local loans out");
+                self.lenders.push((lender, inc));
+            }
+            CloseMode::CloseWait => {
+                let returner = self.hand_off(inc);
+                lender.close_wait().expect("close(2) of an open fd");
+                self.model.begin_close(inc, false);
+                if let Some(returner) = returner {
+                    returner.join().unwrap();
+                }
+            }
+            CloseMode::ReclaimWait => {
+                let returner = self.hand_off(inc);
+                let owned = lender.reclaim_wait().expect("no local loans");
+                self.model.incarnations[inc].phase = Phase::Gone;
+                self.unlent.push((owned, self.model.incarnations[inc].file));
+                if let Some(returner) = returner {
+                    returner.join().unwrap();
+                }
+            }
+            CloseMode::CloseNow => {
+                // SAFETY: the model marks every handle of this incarnation revoked, and
+                // revoked handles are only dropped: no I/O, no fstat, and no token
+                // return (its tokens leave the list right here).
+                unsafe { lender.close_now() }.expect("close(2) of an open fd");
+                let incarnation = &mut self.model.incarnations[inc];
+                (incarnation.phase, incarnation.revoked) = (Phase::Gone, true);
+                self.model.file_of(inc).open = false;
+                self.tokens.retain(|&(_, of)| of != inc);
+            }
+            CloseMode::Async { reclaim } => {
+                let wait = if reclaim {
+                    Wait::Reclaim(lender.reclaim())
+                } else {
+                    Wait::Close(lender.close_async())
+                };
+                self.waits.push((wait, inc));
+                self.model.begin_close(inc, true);
+            }
+        }
+    }
+
+    /// Moves `inc`'s loans and tokens to a thread that gives them back, so a blocking
+    /// close on this thread has something to wait for.
+    pub(crate) fn hand_off(&mut self, inc: usize) -> Option<JoinHandle<()>> {
+        let loans = extract(&mut self.loans, inc);
+        let tokens = extract(&mut self.tokens, inc);
+        self.model.incarnations[inc].shared = 0;
+        if loans.is_empty() && tokens.is_empty() {
+            return None;
+        }
+        Some(std::thread::spawn(move || {
+            drop(loans);
+            for token in tokens {
+                // SAFETY: each token left `tokens` above, so this is its one return;
+                // its lender is closing, not `close_now`ing, so it is not revoked.
+                unsafe { fdlend::return_fd(token) }.expect("a lent token returns");
+            }
+        }))
+    }
+
+    pub(crate) fn poll_wait(&mut self, at: usize) {
+        let inc = self.waits[at].1;
+        let drained = self.model.incarnations[inc].phase == Phase::Gone;
+        let mut cx = Context::from_waker(Waker::noop());
+        let ready = match &mut self.waits[at].0 {
+            Wait::Close(future) => Pin::new(future).poll(&mut cx).map(|result| {
+                result.expect("close(2) of an open fd");
+                self.model.file_of(inc).open = false;
+            }),
+            Wait::Reclaim(future) => Pin::new(future).poll(&mut cx).map(|owned| {
+                assert_eq!(
+                    identity(owned.as_raw_fd()),
+                    Some(self.model.file_of(inc).identity)
+                );
+                self.unlent.push((owned, self.model.incarnations[inc].file));
+            }),
+        };
+        assert_eq!(
+            ready.is_ready(),
+            drained,
+            "a close/reclaim future is ready exactly once drained"
+        );
+        if drained {
+            self.waits.swap_remove(at);
+            self.model.incarnations[inc].owner_waits = false;
+        }
+    }
+
+    /// A dropped future closes a drained fd itself, else leaves it to the last loan.
+    pub(crate) fn wait_dropped(&mut self, inc: usize) {
+        self.model.incarnations[inc].owner_waits = false;
+        if self.model.incarnations[inc].phase == Phase::Gone {
+            self.model.file_of(inc).open = false;
+        }
+    }
+}
