@@ -62,7 +62,9 @@ enum Outcome {
 /// for no header, `Err(())` for a malformed or unsatisfiable one.
 #[allow(clippy::result_unit_err)]
 pub fn parse_range(header: Option<&str>, size: u64) -> Result<Option<(u64, u64)>, ()> {
-    let Some(header) = header else { return Ok(None) };
+    let Some(header) = header else {
+        return Ok(None);
+    };
     let spec = header.trim().strip_prefix("bytes=").ok_or(())?;
     let (first, last) = spec.split_once('-').ok_or(())?;
     let (first, last) = (first.trim(), last.trim());
@@ -71,7 +73,14 @@ pub fn parse_range(header: Option<&str>, size: u64) -> Result<Option<(u64, u64)>
         (size.saturating_sub(suffix), size)
     } else {
         let start: u64 = first.parse().map_err(|_| ())?;
-        let end = if last.is_empty() { size } else { last.parse::<u64>().map_err(|_| ())?.saturating_add(1).min(size) };
+        let end = if last.is_empty() {
+            size
+        } else {
+            last.parse::<u64>()
+                .map_err(|_| ())?
+                .saturating_add(1)
+                .min(size)
+        };
         (start, end)
     };
     if start >= end {
@@ -114,7 +123,12 @@ fn simple(status: &str, extra: &str) -> String {
 }
 
 /// Decides the response on the owner's thread: the head, and a region of the file.
-fn respond(files: &HashMap<String, (Lender, u64)>, method: &str, path: &str, range: Option<&str>) -> (String, Option<LentRegion>) {
+fn respond(
+    files: &HashMap<String, (Lender, u64)>,
+    method: &str,
+    path: &str,
+    range: Option<&str>,
+) -> (String, Option<LentRegion>) {
     if method != "GET" {
         return (simple("405 Method Not Allowed", "Allow: GET\r\n"), None);
     }
@@ -123,15 +137,36 @@ fn respond(files: &HashMap<String, (Lender, u64)>, method: &str, path: &str, ran
     };
     let size = *size;
     let (status, start, end) = match parse_range(range, size) {
-        Err(()) => return (simple("416 Range Not Satisfiable", &format!("Content-Range: bytes */{size}\r\n")), None),
-        Ok(None) => ("200 OK".to_owned(), 0, size),
-        Ok(Some((start, end))) => {
-            (format!("206 Partial Content\r\nContent-Range: bytes {start}-{}/{size}", end - 1), start, end)
+        Err(()) => {
+            return (
+                simple(
+                    "416 Range Not Satisfiable",
+                    &format!("Content-Range: bytes */{size}\r\n"),
+                ),
+                None,
+            )
         }
+        Ok(None) => ("200 OK".to_owned(), 0, size),
+        Ok(Some((start, end))) => (
+            format!(
+                "206 Partial Content\r\nContent-Range: bytes {start}-{}/{size}",
+                end - 1
+            ),
+            start,
+            end,
+        ),
     };
-    let head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", end - start);
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        end - start
+    );
     // An empty file has no region to lend (regions are never empty).
-    let region = (end > start).then(|| lender.loan().map_err(Into::into).and_then(|loan| LentRegion::new(loan, start, end - start)));
+    let region = (end > start).then(|| {
+        lender
+            .loan()
+            .map_err(Into::into)
+            .and_then(|loan| LentRegion::new(loan, start, end - start))
+    });
     match region {
         None => (head, None),
         Some(Ok(region)) => (head, Some(region)),
@@ -148,7 +183,11 @@ fn work(jobs: &std::sync::Mutex<mpsc::Receiver<Job>>, done: &mpsc::Sender<Outcom
             Ok(job) => job,
             Err(_) => return,
         };
-        let Job { mut stream, head, body } = job;
+        let Job {
+            mut stream,
+            head,
+            body,
+        } = job;
         let outcome = match stream.write_all(head.as_bytes()) {
             Err(_) => Outcome::Failed,
             Ok(()) => match body {
@@ -171,8 +210,18 @@ pub fn serve(config: Config, ready: impl FnOnce(SocketAddr)) -> io::Result<Repor
     for path in &config.files {
         let file = std::fs::File::open(path)?;
         let size = file.metadata()?.len();
-        let name = path.file_name().and_then(|name| name.to_str()).unwrap_or_default().to_owned();
-        files.insert(name, (Lender::try_from(file).map_err(|error| io::Error::other(error.to_string()))?, size));
+        let name = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        files.insert(
+            name,
+            (
+                Lender::try_from(file).map_err(|error| io::Error::other(error.to_string()))?,
+                size,
+            ),
+        );
     }
     let listener = TcpListener::bind(("127.0.0.1", config.port))?;
     ready(listener.local_addr()?);
@@ -190,27 +239,39 @@ pub fn serve(config: Config, ready: impl FnOnce(SocketAddr)) -> io::Result<Repor
 
     let mut report = Report::default();
     for stream in listener.incoming() {
-        if config.requests.is_some_and(|limit| report.requests >= limit) {
+        if config
+            .requests
+            .is_some_and(|limit| report.requests >= limit)
+        {
             break;
         }
         let Ok(mut stream) = stream else { continue };
-        let Some((method, path, range)) = read_request(&mut stream) else { continue };
+        let Some((method, path, range)) = read_request(&mut stream) else {
+            continue;
+        };
         let (head, body) = respond(&files, &method, &path, range.as_deref());
         report.requests += 1;
         if to_workers.send(Job { stream, head, body }).is_err() {
             break;
         }
-        if config.requests.is_some_and(|limit| report.requests >= limit) {
+        if config
+            .requests
+            .is_some_and(|limit| report.requests >= limit)
+        {
             break;
         }
     }
     drop(to_workers);
     // Each file closes here, once every region lent for it is back.
     for (name, (lender, _)) in files {
-        lender.close_wait().map_err(|error| io::Error::other(format!("closing {name}: {error}")))?;
+        lender
+            .close_wait()
+            .map_err(|error| io::Error::other(format!("closing {name}: {error}")))?;
     }
     for worker in workers {
-        worker.join().map_err(|_| io::Error::other("a worker panicked"))?;
+        worker
+            .join()
+            .map_err(|_| io::Error::other("a worker panicked"))?;
     }
     for outcome in outcomes {
         match outcome {
@@ -223,10 +284,19 @@ pub fn serve(config: Config, ready: impl FnOnce(SocketAddr)) -> io::Result<Repor
 }
 
 fn main() -> io::Result<()> {
-    let mut config = Config { port: 0, files: Vec::new(), requests: None, workers: 4 };
+    let mut config = Config {
+        port: 0,
+        files: Vec::new(),
+        requests: None,
+        workers: 4,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        let mut value = |name: &str| args.next().and_then(|v| v.parse().ok()).ok_or_else(|| io::Error::other(format!("{name} needs a number")));
+        let mut value = |name: &str| {
+            args.next()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| io::Error::other(format!("{name} needs a number")))
+        };
         match arg.as_str() {
             "--port" => config.port = value("--port")? as u16,
             "--requests" => config.requests = Some(value("--requests")?),
@@ -238,13 +308,20 @@ fn main() -> io::Result<()> {
         eprintln!("usage: serve_regions [--port P] [--requests N] [--workers W] FILE...");
         std::process::exit(2);
     }
-    let names: Vec<String> = config.files.iter().filter_map(|p| p.file_name()?.to_str().map(str::to_owned)).collect();
+    let names: Vec<String> = config
+        .files
+        .iter()
+        .filter_map(|p| p.file_name()?.to_str().map(str::to_owned))
+        .collect();
     let report = serve(config, |addr| {
         println!("listening on http://{addr}");
         for name in &names {
             println!("  curl -r 0-1023 http://{addr}/{name}");
         }
     })?;
-    println!("served {} requests; bodies by path: {:?}; failed sends: {}", report.requests, report.paths, report.failed);
+    println!(
+        "served {} requests; bodies by path: {:?}; failed sends: {}",
+        report.requests, report.paths, report.failed
+    );
     Ok(())
 }

@@ -60,11 +60,11 @@
 
 mod close;
 mod error;
-#[cfg(not(loom))]
-pub mod io;
 mod fd;
 #[cfg(feature = "glommio")]
 pub mod glommio;
+#[cfg(not(loom))]
+pub mod io;
 mod lender;
 mod liveness;
 mod loan;
@@ -74,9 +74,9 @@ mod table;
 
 pub use close::{CloseFuture, Closing, Reclaim};
 pub use error::{LendError, RegisterError};
-pub use lender::Lender;
 #[cfg(not(loom))]
 pub use io::{LentRegion, RegionError, RegionTicket};
+pub use lender::Lender;
 pub use loan::{current_epoch, is_current, return_fd, Epoch, Loan, LocalLoan, Ticket};
 pub use sharded::{ShardedLender, SharedLoan};
 

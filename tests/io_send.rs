@@ -234,8 +234,10 @@ fn non_blocking_destinations_block_and_resume_until_done() {
         let (server, client) = tcp_pair();
         server.set_nonblocking(true).unwrap();
         // Fixed small buffers (no autotuning), so 8 MiB cannot fit in flight.
-        nix::sys::socket::setsockopt(&server, nix::sys::socket::sockopt::SndBuf, &(64 * 1024)).unwrap();
-        nix::sys::socket::setsockopt(&client, nix::sys::socket::sockopt::RcvBuf, &(64 * 1024)).unwrap();
+        nix::sys::socket::setsockopt(&server, nix::sys::socket::sockopt::SndBuf, &(64 * 1024))
+            .unwrap();
+        nix::sys::socket::setsockopt(&client, nix::sys::socket::sockopt::RcvBuf, &(64 * 1024))
+            .unwrap();
         let region = LentRegion::new(lender.loan().unwrap(), 3, (8 << 20) - 3).unwrap();
         // Nobody reads yet, so the socket fills and the send must block.
         let progress = region.send_via(&server, first).unwrap();

@@ -21,17 +21,27 @@ fn get(addr: SocketAddr, path: &str, range: Option<&str>) -> (u16, Vec<(String, 
     stream.read_to_end(&mut raw).unwrap();
     let mut headers = [httparse::EMPTY_HEADER; 16];
     let mut response = httparse::Response::new(&mut headers);
-    let httparse::Status::Complete(at) = response.parse(&raw).unwrap() else { panic!("partial response") };
+    let httparse::Status::Complete(at) = response.parse(&raw).unwrap() else {
+        panic!("partial response")
+    };
     let headers = response
         .headers
         .iter()
-        .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
         .collect();
     (response.code.unwrap(), headers, raw[at..].to_vec())
 }
 
 fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
-    headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
 }
 
 #[test]
@@ -50,9 +60,15 @@ fn ranges_parse_like_rfc_9110_says() {
 #[test]
 fn concurrent_range_requests_get_exactly_their_bytes() {
     let small = pattern(200 * 1024);
-    let big: Vec<u8> = pattern((1 << 20) + 7).into_iter().map(|b| b ^ 0x5a).collect();
+    let big: Vec<u8> = pattern((1 << 20) + 7)
+        .into_iter()
+        .map(|b| b ^ 0x5a)
+        .collect();
     let files = [TempFile::with(&small), TempFile::with(&big)];
-    let names: Vec<String> = files.iter().map(|f| f.path.file_name().unwrap().to_str().unwrap().to_owned()).collect();
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| f.path.file_name().unwrap().to_str().unwrap().to_owned())
+        .collect();
     let contents = Arc::new([small, big]);
 
     const CLIENTS: usize = 8;
@@ -93,9 +109,13 @@ fn concurrent_range_requests_get_exactly_their_bytes() {
                         _ => {
                             let start = (c * 7919 + i * 104_729) % (size - 1);
                             let end = (start + 1 + (c * 31 + i) * 4099).min(size - 1);
-                            let (status, headers, body) = get(addr, &path, Some(&format!("bytes={start}-{end}")));
+                            let (status, headers, body) =
+                                get(addr, &path, Some(&format!("bytes={start}-{end}")));
                             assert_eq!(status, 206);
-                            assert_eq!(header(&headers, "content-range"), Some(format!("bytes {start}-{end}/{size}").as_str()));
+                            assert_eq!(
+                                header(&headers, "content-range"),
+                                Some(format!("bytes {start}-{end}/{size}").as_str())
+                            );
                             assert!(body == bytes[start..=end], "{name} bytes {start}-{end}");
                         }
                     }
@@ -110,6 +130,10 @@ fn concurrent_range_requests_get_exactly_their_bytes() {
     assert_eq!(report.requests, CLIENTS * PER_CLIENT);
     assert_eq!(report.failed, 0);
     let bodies: usize = report.paths.values().sum();
-    assert_eq!(bodies, CLIENTS * PER_CLIENT * 4 / 6, "200s and 206s; 416 and 404 have no body");
+    assert_eq!(
+        bodies,
+        CLIENTS * PER_CLIENT * 4 / 6,
+        "200s and 206s; 416 and 404 have no body"
+    );
     println!("{report:?}");
 }

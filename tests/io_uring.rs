@@ -20,7 +20,10 @@ fn reap(ring: &mut IoUring, ops: &Completions) -> usize {
     let mut fed = 0;
     for cqe in ring.completion() {
         // SAFETY: reaped from the ring these ops were pushed to; fed once.
-        assert!(unsafe { ops.complete(&cqe) }, "only our ops are on this ring");
+        assert!(
+            unsafe { ops.complete(&cqe) },
+            "only our ops are on this ring"
+        );
         fed += 1;
     }
     fed
@@ -33,8 +36,12 @@ fn two_threads_each_read_regions_through_their_own_ring() {
     let lender = Lender::try_from(file.open()).unwrap();
     let threads: Vec<_> = (0..2u64)
         .map(|t| {
-            let regions: Vec<LentRegion> =
-                (0..8u64).map(|i| LentRegion::new(lender.loan().unwrap(), t * 100_000 + i * 7919, 5000 + i).unwrap()).collect();
+            let regions: Vec<LentRegion> = (0..8u64)
+                .map(|i| {
+                    LentRegion::new(lender.loan().unwrap(), t * 100_000 + i * 7919, 5000 + i)
+                        .unwrap()
+                })
+                .collect();
             let bytes = Arc::clone(&bytes);
             std::thread::spawn(move || {
                 let mut ring = IoUring::new(16).unwrap();
@@ -43,7 +50,8 @@ fn two_threads_each_read_regions_through_their_own_ring() {
                     .into_iter()
                     .map(|region| {
                         let len = region.len() as usize;
-                        ops.read(&mut ring.submission(), region, vec![0u8; len]).unwrap()
+                        ops.read(&mut ring.submission(), region, vec![0u8; len])
+                            .unwrap()
                     })
                     .collect();
                 while ops.in_flight() > 0 {
@@ -54,7 +62,10 @@ fn two_threads_each_read_regions_through_their_own_ring() {
                     let n = done.result.unwrap();
                     let start = done.region.offset() as usize;
                     assert_eq!(n as u64, done.region.len());
-                    assert!(done.buf[..n] == bytes[start..start + n], "thread {t} at {start}");
+                    assert!(
+                        done.buf[..n] == bytes[start..start + n],
+                        "thread {t} at {start}"
+                    );
                 }
             })
         })
@@ -70,12 +81,20 @@ fn two_threads_each_read_regions_through_their_own_ring() {
 fn an_o_direct_region_reads_into_an_aligned_buffer() {
     let bytes = pattern(64 * 1024 + 100);
     let file = TempFile::with(&bytes);
-    let Some(direct) = file.open_direct() else { return };
+    let Some(direct) = file.open_direct() else {
+        return;
+    };
     let lender = Lender::try_from(direct).unwrap();
     let mut ring = IoUring::new(4).unwrap();
     let ops = Completions::new();
     let region = LentRegion::new(lender.loan().unwrap(), 8192, 32 * 1024).unwrap();
-    let op = ops.read(&mut ring.submission(), region, AlignedBuf::new(32 * 1024, 4096).unwrap()).unwrap();
+    let op = ops
+        .read(
+            &mut ring.submission(),
+            region,
+            AlignedBuf::new(32 * 1024, 4096).unwrap(),
+        )
+        .unwrap();
     reap(&mut ring, &ops);
     let done = op.finish().unwrap();
     assert_eq!(done.result, Ok(32 * 1024));
@@ -93,14 +112,23 @@ fn a_dropped_op_keeps_the_file_open_until_its_completion_is_fed() {
     let mut ring = IoUring::new(4).unwrap();
     let ops = Completions::new();
     let region = LentRegion::new(lender.loan().unwrap(), 0, 4096).unwrap();
-    let op = ops.read(&mut ring.submission(), region, vec![0; 4096]).unwrap();
+    let op = ops
+        .read(&mut ring.submission(), region, vec![0; 4096])
+        .unwrap();
     drop(op);
-    assert_eq!(lender.outstanding(), 1, "the dropped op's region is parked, not released");
+    assert_eq!(
+        lender.outstanding(),
+        1,
+        "the dropped op's region is parked, not released"
+    );
     let closing = lender.close();
 
     // The kernel finishes the read; its CQE sits in the queue, not yet fed.
     ring.submit_and_wait(1).unwrap();
-    assert!(closing.result().is_none(), "not closed while the CQE is unfed");
+    assert!(
+        closing.result().is_none(),
+        "not closed while the CQE is unfed"
+    );
     assert_eq!(open_count(id), 1);
     assert_eq!(ops.in_flight(), 1);
 
@@ -108,7 +136,10 @@ fn a_dropped_op_keeps_the_file_open_until_its_completion_is_fed() {
     assert_eq!(cqes.len(), 1);
     // SAFETY: reaped from this ring, fed once.
     assert!(unsafe { ops.complete(&cqes[0]) });
-    assert!(matches!(closing.result(), Some(Ok(()))), "the fed CQE returned the last loan, which closed");
+    assert!(
+        matches!(closing.result(), Some(Ok(()))),
+        "the fed CQE returned the last loan, which closed"
+    );
     assert_eq!(open_count(id), 0);
     assert_eq!(ops.in_flight(), 0);
 }
@@ -130,7 +161,10 @@ fn close_wait_returns_only_after_every_completion_is_fed() {
             let ops = Completions::new();
             for region in regions.iter().take(3) {
                 // Dropped at once: only the table keeps the region now.
-                drop(ops.read(&mut ring.submission(), region, vec![0; 4096]).unwrap());
+                drop(
+                    ops.read(&mut ring.submission(), region, vec![0; 4096])
+                        .unwrap(),
+                );
             }
             pushed.send(()).unwrap();
             start.recv().unwrap();
@@ -149,13 +183,18 @@ fn close_wait_returns_only_after_every_completion_is_fed() {
         })
     };
     for offset in [0, 1000, 4096] {
-        to_ring.send(LentRegion::new(lender.loan().unwrap(), offset, 4096).unwrap()).unwrap();
+        to_ring
+            .send(LentRegion::new(lender.loan().unwrap(), offset, 4096).unwrap())
+            .unwrap();
     }
     ack.recv().unwrap();
     assert_eq!(lender.outstanding(), 3);
     go.send(()).unwrap();
     lender.close_wait().unwrap();
-    assert!(fed.load(Ordering::SeqCst), "close_wait returned before the CQEs were fed");
+    assert!(
+        fed.load(Ordering::SeqCst),
+        "close_wait returned before the CQEs were fed"
+    );
     assert_eq!(open_count(id), 0);
     ring_thread.join().unwrap();
 }
@@ -175,10 +214,13 @@ fn send_ops_splice_a_region_to_a_socket_chunk_by_chunk() {
     });
     let mut ring = IoUring::new(8).unwrap();
     let ops = Completions::new();
-    let mut rest = Some(LentRegion::new(lender.loan().unwrap(), 5, bytes.len() as u64 - 5).unwrap());
+    let mut rest =
+        Some(LentRegion::new(lender.loan().unwrap(), 5, bytes.len() as u64 - 5).unwrap());
     let mut rounds = 0;
     while let Some(region) = rest {
-        let op = ops.send(&mut ring.submission(), region, Arc::clone(&server)).unwrap();
+        let op = ops
+            .send(&mut ring.submission(), region, Arc::clone(&server))
+            .unwrap();
         while !op.is_done() {
             reap(&mut ring, &ops);
         }
@@ -209,7 +251,11 @@ fn a_send_past_end_of_file_reports_the_short_fill_and_returns_the_region() {
     }
     let done = op.finish().unwrap();
     assert_eq!(done.filled, Ok(100));
-    assert_eq!(done.sent, Err(nix::errno::Errno::ECANCELED), "a short fill breaks the link");
+    assert_eq!(
+        done.sent,
+        Err(nix::errno::Errno::ECANCELED),
+        "a short fill breaks the link"
+    );
     assert_eq!(done.rest.as_ref().map(LentRegion::offset), Some(900));
     drop(done);
     drop(read);
@@ -235,11 +281,18 @@ fn foreign_completions_are_left_to_the_caller_and_full_queues_hand_everything_ba
     let first = LentRegion::new(lender.loan().unwrap(), 0, 100).unwrap();
     let send = ops.send(&mut ring.submission(), first, write).unwrap();
     let second = LentRegion::new(lender.loan().unwrap(), 0, 100).unwrap();
-    let QueueFull((second, buf)) = ops.read(&mut ring.submission(), second, vec![0; 100]).unwrap_err();
+    let QueueFull((second, buf)) = ops
+        .read(&mut ring.submission(), second, vec![0; 100])
+        .unwrap_err();
     assert_eq!((second.offset(), buf.len()), (0, 100));
     let (_read2, write2) = nix::unistd::pipe().unwrap();
-    let refused = ops.send(&mut ring.submission(), second, write2).unwrap_err();
-    assert!(matches!(refused, SendRefused::QueueFull { .. }), "{refused}");
+    let refused = ops
+        .send(&mut ring.submission(), second, write2)
+        .unwrap_err();
+    assert!(
+        matches!(refused, SendRefused::QueueFull { .. }),
+        "{refused}"
+    );
     drop(refused);
     assert_eq!(lender.outstanding(), 1, "only the pushed send holds a loan");
     while !send.is_done() {
@@ -256,10 +309,20 @@ fn a_table_dropped_with_ops_in_flight_leaks_rather_than_frees() {
     let lender = Lender::try_from(file.open()).unwrap();
     let mut ring = IoUring::new(2).unwrap();
     let ops = Completions::new();
-    let op = ops.read(&mut ring.submission(), LentRegion::new(lender.loan().unwrap(), 0, 10).unwrap(), vec![0; 10]).unwrap();
+    let op = ops
+        .read(
+            &mut ring.submission(),
+            LentRegion::new(lender.loan().unwrap(), 0, 10).unwrap(),
+            vec![0; 10],
+        )
+        .unwrap();
     ring.submit().unwrap();
     drop((op, ops));
-    assert_eq!(lender.outstanding(), 1, "the loan is leaked with the buffer the kernel may write");
+    assert_eq!(
+        lender.outstanding(),
+        1,
+        "the loan is leaked with the buffer the kernel may write"
+    );
     let lender = lender.try_close().unwrap_err();
     drop(ring);
     // Deferred close: never happens for a leaked loan; the fd is the price of safety.

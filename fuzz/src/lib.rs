@@ -6,6 +6,8 @@
 //! Files are checked in the kernel, never by fd number (numbers are reused): fstat
 //! identity (dev, inode) for every file, and EOF on the read end of lent pipes.
 
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 use arbitrary::Arbitrary;
 
 mod close;

@@ -1,9 +1,18 @@
-//! Only the models in `tests/` matter; they run under `RUSTFLAGS="--cfg loom"`.
+//! Loom models of fdlend's liveness word and close modes; the models are in `tests/`,
+//! one file per concern, each compiled only under `--cfg loom`:
+//!
+//! ```text
+//! RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=4 \
+//!     cargo test --release --target-dir target-loom -p fdlend-loom-tests
+//! # The deliberately broken drain ordering: passes only if loom catches it.
+//! RUSTFLAGS="--cfg loom --cfg fdlend_broken_ordering" LOOM_MAX_PREEMPTIONS=4 \
+//!     cargo test --release --target-dir target-loom-broken -p fdlend-loom-tests broken_ordering
+//! ```
 //!
 //! This library holds what every model needs to look at the world rather than at
 //! fdlend's own bookkeeping: a pipe whose read end witnesses the close of its write
-//! end, fd identity by `fstat`, and a lock that keeps models from sharing fd numbers.
-//! None of it uses loom, so it is the same in every build.
+//! end, fd identity by `fstat`, a lock that keeps models from sharing fd numbers, and
+//! [`model`], which runs one model and checks that no execution leaked an fd.
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -23,7 +32,10 @@ pub struct Identity {
 /// The identity of the file `fd` refers to.
 pub fn identity(fd: impl AsFd) -> Identity {
     let stat = nix::sys::stat::fstat(fd).expect("fstat of an open fd");
-    Identity { dev: stat.st_dev, ino: stat.st_ino }
+    Identity {
+        dev: stat.st_dev,
+        ino: stat.st_ino,
+    }
 }
 
 /// The read end of a pipe whose write end is the fd under test: reading it reports
@@ -41,7 +53,11 @@ pub struct Witness {
 /// lend. Models never duplicate the write end, so EOF means this very fd was closed.
 pub fn pipe() -> (Witness, OwnedFd) {
     let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).expect("pipe2");
-    let witness = Witness { read: File::from(read), number: write.as_raw_fd(), id: identity(&write) };
+    let witness = Witness {
+        read: File::from(read),
+        number: write.as_raw_fd(),
+        id: identity(&write),
+    };
     (witness, write)
 }
 
@@ -94,8 +110,14 @@ pub fn assert_number_released(fd: RawFd, was: Identity) {
     // reads its metadata.
     let rc = unsafe { libc::fstat(fd, &mut stat) };
     assert_eq!(rc, 0, "fd {fd} answered F_GETFD but not fstat");
-    let now = Identity { dev: stat.st_dev, ino: stat.st_ino };
-    assert_ne!(now, was, "fd {fd} still refers to the file that should be closed");
+    let now = Identity {
+        dev: stat.st_dev,
+        ino: stat.st_ino,
+    };
+    assert_ne!(
+        now, was,
+        "fd {fd} still refers to the file that should be closed"
+    );
 }
 
 /// Serialises the models of one test binary: they open and close real fds, and the
@@ -104,13 +126,18 @@ pub fn assert_number_released(fd: RawFd, was: Identity) {
 pub fn serial() -> MutexGuard<'static, ()> {
     static SERIAL: Mutex<()> = Mutex::new(());
     // A model that failed poisons the lock; the fds it leaked do not matter here.
-    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Runs `f` under `loom::model` (bounded by `LOOM_MAX_PREEMPTIONS` and friends), alone
 /// (see [`serial`]), and reports how many executions loom explored and how long that
 /// took (visible with `--nocapture`): a model that explores one execution checks
 /// nothing.
+///
+/// Every execution must close every fd it opens: afterwards `/proc/self/fd` must list
+/// as many entries as before, or some interleaving leaked (or closed) an fd.
 #[cfg(loom)]
 pub fn model<F>(f: F)
 where
@@ -120,6 +147,7 @@ where
     use std::sync::Arc;
 
     let _serial = serial();
+    let fds_before = open_fds();
     let executions = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&executions);
     let start = std::time::Instant::now();
@@ -134,6 +162,18 @@ where
         executions.load(Ordering::Relaxed),
         start.elapsed()
     );
+    assert_eq!(
+        open_fds(),
+        fds_before,
+        "{name}: open fds after all executions vs before"
+    );
+}
+
+/// How many fds this process has open, as the kernel lists them.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .count()
 }
 
 /// The outcomes a model met across all of loom's executions, so a test can insist
@@ -144,13 +184,20 @@ pub struct Seen(std::sync::Arc<Mutex<std::collections::BTreeSet<String>>>);
 impl Seen {
     /// Records one outcome of the current execution.
     pub fn note(&self, outcome: impl Into<String>) {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(outcome.into());
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(outcome.into());
     }
 
     /// Panics unless the outcomes seen are exactly `expected`.
     pub fn assert_exactly(&self, expected: &[&str]) {
-        let seen = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let expected: std::collections::BTreeSet<String> = expected.iter().map(|s| s.to_string()).collect();
+        let seen = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let expected: std::collections::BTreeSet<String> =
+            expected.iter().map(|s| s.to_string()).collect();
         assert_eq!(*seen, expected, "outcomes over all executions");
     }
 }
@@ -158,5 +205,9 @@ impl Seen {
 /// The variant name of `error` (`"Closing"` for `Closing { fd: 4 }`), for [`Seen`].
 pub fn variant(error: &fdlend::LendError) -> String {
     let debug = format!("{error:?}");
-    debug.split([' ', '{']).next().unwrap_or_default().to_owned()
+    debug
+        .split([' ', '{'])
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }

@@ -25,7 +25,11 @@ fn close_happens_exactly_once() {
         // As a future, so a lost wake from the last loan would be a loom deadlock.
         loom::future::block_on(closing).expect("close(2) of the lent fd");
 
-        assert_eq!(witness.drain_sorted(), (b"ab".to_vec(), true), "both loans wrote, then the close");
+        assert_eq!(
+            witness.drain_sorted(),
+            (b"ab".to_vec(), true),
+            "both loans wrote, then the close"
+        );
         witness.assert_released();
         // A second close of the number, if any, would now hit this file.
         let canary = File::open("/dev/null").unwrap();
@@ -33,7 +37,11 @@ fn close_happens_exactly_once() {
         for writer in writers {
             writer.join().unwrap();
         }
-        assert_eq!(identity(&canary), canary_id, "something closed the number again");
+        assert_eq!(
+            identity(&canary),
+            canary_id,
+            "something closed the number again"
+        );
     });
 }
 
@@ -53,7 +61,11 @@ fn dropped_lender_closes_exactly_once_after_the_last_loan() {
         for writer in writers {
             writer.join().unwrap();
         }
-        assert_eq!(witness.drain_sorted(), (b"ab".to_vec(), true), "every loan is back: closed");
+        assert_eq!(
+            witness.drain_sorted(),
+            (b"ab".to_vec(), true),
+            "every loan is back: closed"
+        );
         witness.assert_released();
     });
 }

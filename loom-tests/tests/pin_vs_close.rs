@@ -38,11 +38,17 @@ fn pin_racing_close_is_refused_or_waited_for() {
 
         lender.close().wait().expect("close(2) of the lent fd");
         let written = witness.drain_sorted();
-        let pinned: Vec<u8> = pinners.into_iter().filter_map(|pinner| pinner.join().unwrap()).collect();
+        let pinned: Vec<u8> = pinners
+            .into_iter()
+            .filter_map(|pinner| pinner.join().unwrap())
+            .collect();
         // Every winning pin wrote before the close; the close came after all of them.
         assert_eq!(written, (pinned, true));
         witness.assert_released();
-        assert_eq!(ticket.pin().unwrap_err(), LendError::Closed { fd: ticket.fd() });
+        assert_eq!(
+            ticket.pin().unwrap_err(),
+            LendError::Closed { fd: ticket.fd() }
+        );
     });
     seen.assert_exactly(&["pinned", "Closing", "Closed"]);
 }

@@ -32,7 +32,11 @@ fn stale_ticket_never_pins_the_reused_number() {
             drop(old_loan);
             match pinned {
                 Ok(loan) => {
-                    assert_eq!(loan.epoch(), ticket.epoch(), "a pin is of the ticket's own file");
+                    assert_eq!(
+                        loan.epoch(),
+                        ticket.epoch(),
+                        "a pin is of the ticket's own file"
+                    );
                     noted.note("pinned");
                 }
                 Err(error) => {
@@ -47,7 +51,11 @@ fn stale_ticket_never_pins_the_reused_number() {
 
         // SAFETY: the holder thread does no I/O through its old loan or pin.
         unsafe { old.close_now() }.expect("close(2) of the revoked fd");
-        assert_eq!(old_witness.drain(), (Vec::new(), true), "close_now closed at once");
+        assert_eq!(
+            old_witness.drain(),
+            (Vec::new(), true),
+            "close_now closed at once"
+        );
         old_witness.assert_released();
 
         // The lowest free number at or above `number` is `number` itself: reuse it.
@@ -63,7 +71,11 @@ fn stale_ticket_never_pins_the_reused_number() {
 
         holder.join().unwrap();
         dropper.join().unwrap();
-        assert_eq!(new.outstanding(), 1, "old handles moved the new file's count");
+        assert_eq!(
+            new.outstanding(),
+            1,
+            "old handles moved the new file's count"
+        );
         assert_eq!(ticket.pin().unwrap_err(), LendError::Stale { fd: number });
         nix::unistd::write(&new_loan, b"n").expect("the new file is open");
         drop(new_loan);

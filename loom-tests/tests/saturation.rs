@@ -23,11 +23,16 @@ fn saturation_admits_exactly_one() {
         let fd = ticket.fd();
         assert_eq!(lost, LendError::Saturated { fd, limit: 1 });
         assert_eq!(lender.outstanding(), 1, "the refused pin counted something");
-        assert_eq!(lender.loan().unwrap_err(), LendError::Saturated { fd, limit: 1 });
+        assert_eq!(
+            lender.loan().unwrap_err(),
+            LendError::Saturated { fd, limit: 1 }
+        );
         nix::unistd::write(&won, b"w").expect("the winner's fd is open");
         drop(won);
         assert_eq!(lender.outstanding(), 0);
-        let result = lender.try_close().unwrap_or_else(|lender| panic!("still lent: {lender:?}"));
+        let result = lender
+            .try_close()
+            .unwrap_or_else(|lender| panic!("still lent: {lender:?}"));
         result.expect("close(2)");
         assert_eq!(witness.drain(), (b"w".to_vec(), true));
     });
@@ -54,11 +59,24 @@ fn a_returned_loan_frees_its_place_for_one_pin() {
             }
             Err(error) => {
                 noted.note("saturated before the return");
-                assert_eq!(error, LendError::Saturated { fd: ticket.fd(), limit: 1 });
+                assert_eq!(
+                    error,
+                    LendError::Saturated {
+                        fd: ticket.fd(),
+                        limit: 1
+                    }
+                );
             }
         }
-        assert_eq!(lender.outstanding(), 0, "a loan or a refusal leaked a count");
-        lender.try_close().unwrap_or_else(|lender| panic!("still lent: {lender:?}")).expect("close(2)");
+        assert_eq!(
+            lender.outstanding(),
+            0,
+            "a loan or a refusal leaked a count"
+        );
+        lender
+            .try_close()
+            .unwrap_or_else(|lender| panic!("still lent: {lender:?}"))
+            .expect("close(2)");
         assert_eq!(witness.drain(), (Vec::new(), true));
     });
     seen.assert_exactly(&["pinned after the return", "saturated before the return"]);

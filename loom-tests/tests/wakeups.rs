@@ -6,6 +6,7 @@
 use fdlend::{Lender, Loan};
 use fdlend_loom_tests::{identity, model, pipe, Seen};
 use loom::thread::{self, JoinHandle};
+use std::fs::File;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
@@ -27,7 +28,11 @@ fn close_wait_is_woken_by_the_last_release() {
         let lender = Lender::new(write).unwrap();
         let writers = lend_to_writers(&lender);
         lender.close_wait().expect("close(2) of the lent fd");
-        assert_eq!(witness.drain_sorted(), (b"ab".to_vec(), true), "closed after both loans");
+        assert_eq!(
+            witness.drain_sorted(),
+            (b"ab".to_vec(), true),
+            "closed after both loans"
+        );
         witness.assert_released();
         for writer in writers {
             writer.join().unwrap();
@@ -42,7 +47,11 @@ fn close_async_is_woken_by_the_last_release() {
         let lender = Lender::new(write).unwrap();
         let writers = lend_to_writers(&lender);
         loom::future::block_on(lender.close_async()).expect("close(2) of the lent fd");
-        assert_eq!(witness.drain_sorted(), (b"ab".to_vec(), true), "closed after both loans");
+        assert_eq!(
+            witness.drain_sorted(),
+            (b"ab".to_vec(), true),
+            "closed after both loans"
+        );
         witness.assert_released();
         for writer in writers {
             writer.join().unwrap();
@@ -57,8 +66,16 @@ fn reclaim_is_woken_by_the_last_release() {
         let lender = Lender::new(write).unwrap();
         let writers = lend_to_writers(&lender);
         let fd = loom::future::block_on(lender.reclaim());
-        assert_eq!(identity(&fd), witness.id, "reclaim handed back the lent file");
-        assert_eq!(witness.drain_sorted(), (b"ab".to_vec(), false), "both loans back, fd still open");
+        assert_eq!(
+            identity(&fd),
+            witness.id,
+            "reclaim handed back the lent file"
+        );
+        assert_eq!(
+            witness.drain_sorted(),
+            (b"ab".to_vec(), false),
+            "both loans back, fd still open"
+        );
         nix::unistd::write(&fd, b"r").expect("the reclaimed fd is open and ours");
         drop(fd);
         assert_eq!(witness.drain(), (b"r".to_vec(), true));
@@ -88,11 +105,28 @@ fn abandoned_reclaim_closes_exactly_once() {
             Poll::Pending => noted.note("abandoned"),
         }
         drop(reclaim);
+        let (mut written, closed) = witness.drain();
+        // Closed already (by the owner or the last loan): a second close of the
+        // number, by whoever did not close it, would now hit this file.
+        let canary = closed.then(|| File::open("/dev/null").unwrap());
+        let canary_id = canary.as_ref().map(identity);
         for writer in writers {
             writer.join().unwrap();
         }
-        assert_eq!(witness.drain_sorted(), (b"ab".to_vec(), true), "closed once the loans are back");
+        let (rest, eof) = witness.drain();
+        written.extend(rest);
+        written.sort_unstable();
+        assert_eq!(
+            (written, eof),
+            (b"ab".to_vec(), true),
+            "closed once the loans are back"
+        );
         witness.assert_released();
+        assert_eq!(
+            canary.as_ref().map(identity),
+            canary_id,
+            "something closed the number again"
+        );
     });
     seen.assert_exactly(&["abandoned", "ready"]);
 }

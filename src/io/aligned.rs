@@ -30,12 +30,16 @@ impl AlignedBuf {
             // A zero-sized allocation is not allowed; an aligned dangling pointer is
             // what `Vec` uses for the same case and is never dereferenced for reads
             // or writes of more than zero bytes.
-            let ptr = NonNull::new(align as *mut u8)?;
+            // Built without provenance (not an integer cast), so Miri's strict
+            // provenance checking accepts it.
+            let ptr = NonNull::new(std::ptr::null_mut::<u8>().wrapping_add(align))?;
             return Some(AlignedBuf { ptr, len, align });
         }
         // SAFETY: `layout` has a non-zero size (checked above).
         let raw = unsafe { alloc::alloc_zeroed(layout) };
-        let Some(ptr) = NonNull::new(raw) else { alloc::handle_alloc_error(layout) };
+        let Some(ptr) = NonNull::new(raw) else {
+            alloc::handle_alloc_error(layout)
+        };
         Some(AlignedBuf { ptr, len, align })
     }
 
@@ -85,13 +89,21 @@ impl Drop for AlignedBuf {
         }
         // SAFETY: `ptr` came from `alloc_zeroed` with exactly this size and alignment
         // (checked valid in `new`), and is freed once, here.
-        unsafe { alloc::dealloc(self.ptr.as_ptr(), Layout::from_size_align_unchecked(self.len, self.align)) }
+        unsafe {
+            alloc::dealloc(
+                self.ptr.as_ptr(),
+                Layout::from_size_align_unchecked(self.len, self.align),
+            )
+        }
     }
 }
 
 impl fmt::Debug for AlignedBuf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AlignedBuf").field("len", &self.len).field("align", &self.align).finish()
+        f.debug_struct("AlignedBuf")
+            .field("len", &self.len)
+            .field("align", &self.align)
+            .finish()
     }
 }
 

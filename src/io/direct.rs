@@ -40,18 +40,31 @@ impl DirectAlignment {
         if let Some(found) = statx_dioalign(fd) {
             return Ok(found);
         }
-        let stat = nix::sys::stat::fstat(fd).map_err(|errno| RegionError::Io { call: "fstat", errno })?;
+        let stat = nix::sys::stat::fstat(fd).map_err(|errno| RegionError::Io {
+            call: "fstat",
+            errno,
+        })?;
         let is_block = stat.st_mode & libc::S_IFMT == libc::S_IFBLK;
         if is_block {
             if let Some(size) = logical_block_size(fd) {
-                return Ok(DirectAlignment { memory: size, offset: size, source: AlignmentSource::LogicalBlockSize });
+                return Ok(DirectAlignment {
+                    memory: size,
+                    offset: size,
+                    source: AlignmentSource::LogicalBlockSize,
+                });
             }
         }
         match u32::try_from(stat.st_blksize) {
-            Ok(size) if size.is_power_of_two() => {
-                Ok(DirectAlignment { memory: size, offset: size, source: AlignmentSource::PreferredBlockSize })
-            }
-            _ => Ok(DirectAlignment { memory: FALLBACK_ALIGN, offset: FALLBACK_ALIGN, source: AlignmentSource::Fallback }),
+            Ok(size) if size.is_power_of_two() => Ok(DirectAlignment {
+                memory: size,
+                offset: size,
+                source: AlignmentSource::PreferredBlockSize,
+            }),
+            _ => Ok(DirectAlignment {
+                memory: FALLBACK_ALIGN,
+                offset: FALLBACK_ALIGN,
+                source: AlignmentSource::Fallback,
+            }),
         }
     }
 
@@ -63,8 +76,12 @@ impl DirectAlignment {
 
 /// True when `fd` was opened (or `fcntl`ed) with `O_DIRECT`.
 pub fn is_direct(fd: impl AsFd) -> Result<bool, RegionError> {
-    let flags = nix::fcntl::fcntl(fd.as_fd(), nix::fcntl::FcntlArg::F_GETFL)
-        .map_err(|errno| RegionError::Io { call: "fcntl(F_GETFL)", errno })?;
+    let flags = nix::fcntl::fcntl(fd.as_fd(), nix::fcntl::FcntlArg::F_GETFL).map_err(|errno| {
+        RegionError::Io {
+            call: "fcntl(F_GETFL)",
+            errno,
+        }
+    })?;
     Ok(flags & libc::O_DIRECT != 0)
 }
 
@@ -73,13 +90,25 @@ fn statx_dioalign(fd: BorrowedFd<'_>) -> Option<DirectAlignment> {
     let mut stx: libc::statx = unsafe { std::mem::zeroed() };
     // SAFETY: the empty C string with AT_EMPTY_PATH makes statx describe `fd` itself,
     // which the borrow keeps open; `stx` is a valid, writable statx buffer.
-    let rc = unsafe { libc::statx(fd.as_raw_fd(), c"".as_ptr(), libc::AT_EMPTY_PATH, libc::STATX_DIOALIGN, &mut stx) };
+    let rc = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_DIOALIGN,
+            &mut stx,
+        )
+    };
     if rc != 0 || stx.stx_mask & libc::STATX_DIOALIGN == 0 {
         return None;
     }
     // Zero means "direct I/O is not supported here": the fallbacks decide then.
     let (memory, offset) = (stx.stx_dio_mem_align, stx.stx_dio_offset_align);
-    (memory != 0 && offset != 0).then_some(DirectAlignment { memory, offset, source: AlignmentSource::Statx })
+    (memory != 0 && offset != 0).then_some(DirectAlignment {
+        memory,
+        offset,
+        source: AlignmentSource::Statx,
+    })
 }
 
 fn logical_block_size(fd: BorrowedFd<'_>) -> Option<u32> {
@@ -90,5 +119,7 @@ fn logical_block_size(fd: BorrowedFd<'_>) -> Option<u32> {
     if rc != 0 {
         return None;
     }
-    u32::try_from(size).ok().filter(|size| size.is_power_of_two())
+    u32::try_from(size)
+        .ok()
+        .filter(|size| size.is_power_of_two())
 }

@@ -205,7 +205,10 @@ impl fmt::Display for SendError {
                  file (the reader got fewer bytes than promised, so close its connection)"
             ),
             SendError::Read { sent, error } => {
-                write!(f, "reading the region failed after {sent} bytes sent: {error}")
+                write!(
+                    f,
+                    "reading the region failed after {sent} bytes sent: {error}"
+                )
             }
             SendError::Io { sent, path, errno } => {
                 write!(f, "{path:?} failed after {sent} bytes: {}", errno.desc())

@@ -16,7 +16,12 @@ const GROW: u64 = 1 << 20;
 /// Fills `buf` from `pos` until it is full or the file ends. `direct` stops at the
 /// first short read: on O_DIRECT the next offset would be unaligned, and a short read
 /// there means end of file. Returns the bytes read and the error that stopped it.
-fn pread_fill(fd: BorrowedFd<'_>, buf: &mut [u8], pos: u64, direct: bool) -> (usize, Option<Errno>) {
+fn pread_fill(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    pos: u64,
+    direct: bool,
+) -> (usize, Option<Errno>) {
     let mut done = 0;
     while done < buf.len() {
         // Cannot overflow: regions end at or below i64::MAX (checked at construction).
@@ -37,7 +42,10 @@ fn pread_fill(fd: BorrowedFd<'_>, buf: &mut [u8], pos: u64, direct: bool) -> (us
 }
 
 fn io(errno: Errno) -> RegionError {
-    RegionError::Io { call: "pread", errno }
+    RegionError::Io {
+        call: "pread",
+        errno,
+    }
 }
 
 /// Reads `buf.len()` bytes (fewer at end of file) from `pos`, whatever `fd`'s flags.
@@ -61,10 +69,12 @@ fn read_widened(fd: BorrowedFd<'_>, buf: &mut [u8], pos: u64) -> Result<usize, R
     let wanted_end = pos + buf.len() as u64;
     let span = wanted_end.div_ceil(unit) * unit - pos / unit * unit;
     let bounce_len = span.min(BOUNCE_MAX.max(unit));
-    let mut bounce = AlignedBuf::new(bounce_len as usize, align.buffer_align()).ok_or(RegionError::Overflow {
-        offset: pos,
-        len: buf.len() as u64,
-    })?;
+    let mut bounce = AlignedBuf::new(bounce_len as usize, align.buffer_align()).ok_or(
+        RegionError::Overflow {
+            offset: pos,
+            len: buf.len() as u64,
+        },
+    )?;
     let mut done = 0;
     while done < buf.len() {
         let want = pos + done as u64;
@@ -94,7 +104,10 @@ impl LentRegion {
     /// `OutOfRegion` if `at` is past the end.
     fn clip<'b>(&self, at: u64, buf: &'b mut [u8]) -> Result<&'b mut [u8], RegionError> {
         if at > self.len() {
-            return Err(RegionError::OutOfRegion { at, len: self.len() });
+            return Err(RegionError::OutOfRegion {
+                at,
+                len: self.len(),
+            });
         }
         let room = (self.len() - at).min(buf.len() as u64) as usize;
         Ok(&mut buf[..room])
@@ -114,7 +127,10 @@ impl LentRegion {
     pub fn read_exact_at(&self, at: u64, buf: &mut [u8]) -> Result<(), RegionError> {
         let wanted = buf.len() as u64;
         if at.checked_add(wanted).map_or(true, |end| end > self.len()) {
-            return Err(RegionError::OutOfRegion { at: at.saturating_add(wanted), len: self.len() });
+            return Err(RegionError::OutOfRegion {
+                at: at.saturating_add(wanted),
+                len: self.len(),
+            });
         }
         let read = self.read_at(at, buf)? as u64;
         if read < wanted {
@@ -154,7 +170,10 @@ impl LentRegion {
         let mut out = Vec::new();
         let read = self.read_to_end(&mut out)? as u64;
         if read < self.len() {
-            return Err(RegionError::ShortRead { read, wanted: self.len() });
+            return Err(RegionError::ShortRead {
+                read,
+                wanted: self.len(),
+            });
         }
         Ok(out)
     }
@@ -192,7 +211,10 @@ impl LentRegion {
     pub fn read_exact_direct_at(&self, at: u64, buf: &mut [u8]) -> Result<(), RegionError> {
         let wanted = buf.len() as u64;
         if at.checked_add(wanted).map_or(true, |end| end > self.len()) {
-            return Err(RegionError::OutOfRegion { at: at.saturating_add(wanted), len: self.len() });
+            return Err(RegionError::OutOfRegion {
+                at: at.saturating_add(wanted),
+                len: self.len(),
+            });
         }
         let read = self.read_direct_at(at, buf)? as u64;
         if read < wanted {

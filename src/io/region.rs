@@ -25,11 +25,15 @@ fn validate(offset: u64, len: u64) -> Result<(), RegionError> {
 fn resolve(range: impl RangeBounds<u64>, len: u64) -> Result<(u64, u64), RegionError> {
     let start = match range.start_bound() {
         Bound::Included(&at) => at,
-        Bound::Excluded(&at) => at.checked_add(1).ok_or(RegionError::OutOfRegion { at, len })?,
+        Bound::Excluded(&at) => at
+            .checked_add(1)
+            .ok_or(RegionError::OutOfRegion { at, len })?,
         Bound::Unbounded => 0,
     };
     let end = match range.end_bound() {
-        Bound::Included(&at) => at.checked_add(1).ok_or(RegionError::OutOfRegion { at, len })?,
+        Bound::Included(&at) => at
+            .checked_add(1)
+            .ok_or(RegionError::OutOfRegion { at, len })?,
         Bound::Excluded(&at) => at,
         Bound::Unbounded => len,
     };
@@ -90,7 +94,11 @@ impl LentRegion {
 
     /// A ticket for the same range: holds nothing open.
     pub fn ticket(&self) -> RegionTicket {
-        RegionTicket { ticket: self.loan.ticket(), offset: self.offset, len: self.len }
+        RegionTicket {
+            ticket: self.loan.ticket(),
+            offset: self.offset,
+            len: self.len,
+        }
     }
 
     /// Splits into `[0, at)` and `[at, len)` (relative to the region). The second half
@@ -98,23 +106,43 @@ impl LentRegion {
     /// dropped; `at` must leave both halves non-empty.
     pub fn split_at(self, at: u64) -> Result<(LentRegion, LentRegion), RegionError> {
         if at == 0 || at >= self.len {
-            return Err(if at == 0 { RegionError::ZeroLength } else { RegionError::OutOfRegion { at, len: self.len } });
+            return Err(if at == 0 {
+                RegionError::ZeroLength
+            } else {
+                RegionError::OutOfRegion { at, len: self.len }
+            });
         }
-        let tail = LentRegion { loan: self.loan.try_clone()?, offset: self.offset + at, len: self.len - at };
-        let head = LentRegion { loan: self.loan, offset: self.offset, len: at };
+        let tail = LentRegion {
+            loan: self.loan.try_clone()?,
+            offset: self.offset + at,
+            len: self.len - at,
+        };
+        let head = LentRegion {
+            loan: self.loan,
+            offset: self.offset,
+            len: at,
+        };
         Ok((head, tail))
     }
 
     /// A sub-region, `range` relative to this one, with its own loan.
     pub fn slice(&self, range: impl RangeBounds<u64>) -> Result<LentRegion, RegionError> {
         let (start, end) = resolve(range, self.len)?;
-        Ok(LentRegion { loan: self.loan.try_clone()?, offset: self.offset + start, len: end - start })
+        Ok(LentRegion {
+            loan: self.loan.try_clone()?,
+            offset: self.offset + start,
+            len: end - start,
+        })
     }
 
     /// The part after the first `n` bytes, keeping this loan (no new count), or
     /// `None` when nothing is left: how sends resume.
     pub fn advance(self, n: u64) -> Option<LentRegion> {
-        (n < self.len).then(|| LentRegion { loan: self.loan, offset: self.offset + n, len: self.len - n })
+        (n < self.len).then(|| LentRegion {
+            loan: self.loan,
+            offset: self.offset + n,
+            len: self.len - n,
+        })
     }
 
     /// An iterator over consecutive sub-regions of at most `chunk` bytes. Each but
@@ -123,7 +151,10 @@ impl LentRegion {
         if chunk == 0 {
             return Err(RegionError::ZeroLength);
         }
-        Ok(Chunks { rest: Some(self), chunk })
+        Ok(Chunks {
+            rest: Some(self),
+            chunk,
+        })
     }
 }
 
@@ -176,7 +207,10 @@ impl Iterator for Chunks {
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let n = self.rest.as_ref().map_or(0, |rest| rest.len.div_ceil(self.chunk));
+        let n = self
+            .rest
+            .as_ref()
+            .map_or(0, |rest| rest.len.div_ceil(self.chunk));
         let n = usize::try_from(n).unwrap_or(usize::MAX);
         (n.min(1), Some(n))
     }
@@ -196,13 +230,21 @@ impl RegionTicket {
     /// A ticket for `len` bytes from `offset`, checked as [`LentRegion::new`] checks.
     pub fn new(ticket: Ticket, offset: u64, len: u64) -> Result<RegionTicket, RegionError> {
         validate(offset, len)?;
-        Ok(RegionTicket { ticket, offset, len })
+        Ok(RegionTicket {
+            ticket,
+            offset,
+            len,
+        })
     }
 
     /// The region, with a loan, or why not (`Lend(Closing | Closed | Stale |
     /// Saturated)`).
     pub fn pin(&self) -> Result<LentRegion, RegionError> {
-        Ok(LentRegion { loan: self.ticket.pin()?, offset: self.offset, len: self.len })
+        Ok(LentRegion {
+            loan: self.ticket.pin()?,
+            offset: self.offset,
+            len: self.len,
+        })
     }
 
     /// The file's ticket.
@@ -232,14 +274,23 @@ mod tests {
         assert_eq!(resolve(..=9, 10), Ok((0, 10)));
         assert_eq!(resolve(3.., 10), Ok((3, 10)));
         assert_eq!(resolve(4..4, 10), Err(RegionError::ZeroLength));
-        assert_eq!(resolve(0..11, 10), Err(RegionError::OutOfRegion { at: 11, len: 10 }));
+        assert_eq!(
+            resolve(0..11, 10),
+            Err(RegionError::OutOfRegion { at: 11, len: 10 })
+        );
         assert!(resolve(..=u64::MAX, 10).is_err());
     }
 
     #[test]
     fn validation_rejects_empty_and_overflowing_ranges() {
         assert_eq!(validate(0, 0), Err(RegionError::ZeroLength));
-        assert_eq!(validate(u64::MAX, 2), Err(RegionError::Overflow { offset: u64::MAX, len: 2 }));
+        assert_eq!(
+            validate(u64::MAX, 2),
+            Err(RegionError::Overflow {
+                offset: u64::MAX,
+                len: 2
+            })
+        );
         assert!(validate(MAX_END - 1, 1).is_ok());
         assert!(validate(MAX_END, 1).is_err());
     }

@@ -138,10 +138,17 @@ impl Cursor<'_> {
             let mut offset = self.pos as i64;
             let count = self.left().min(CALL_MAX) as usize;
             let Some((pipe_read, pipe_write)) = &via else {
-                match splice(self.src, Some(&mut offset), self.out, None, count, SpliceFFlags::SPLICE_F_MOVE) {
+                match splice(
+                    self.src,
+                    Some(&mut offset),
+                    self.out,
+                    None,
+                    count,
+                    SpliceFFlags::SPLICE_F_MOVE,
+                ) {
                     Ok(0) => return Step::Eof,
                     Ok(n) => {
-                            self.advance(n);
+                        self.advance(n);
                     }
                     Err(errno) => {
                         if let Some(step) = self.on_error(SendPath::Splice, errno) {
@@ -163,7 +170,7 @@ impl Cursor<'_> {
             while drained < filled {
                 match splice(pipe_read, None, self.out, None, filled - drained, flags) {
                     Ok(n) => {
-                            drained += n;
+                        drained += n;
                         self.advance(n);
                     }
                     Err(errno) => {
@@ -185,7 +192,12 @@ impl Cursor<'_> {
             let filled = match region.read_at(at, &mut buf[..want]) {
                 Ok(0) => return Step::Eof,
                 Ok(n) => n,
-                Err(error) => return Step::Failed(SendError::Read { sent: self.sent, error }),
+                Err(error) => {
+                    return Step::Failed(SendError::Read {
+                        sent: self.sent,
+                        error,
+                    })
+                }
             };
             let mut written = 0;
             while written < filled {
@@ -240,7 +252,13 @@ impl LentRegion {
     pub fn send_via(self, out: impl AsFd, first: SendPath) -> Result<SendProgress, SendError> {
         let out = out.as_fd();
         let order = [SendPath::Sendfile, SendPath::Splice, SendPath::ReadWrite];
-        let mut cursor = Cursor { src: self.as_fd(), out, pos: self.offset(), end: self.end(), sent: 0 };
+        let mut cursor = Cursor {
+            src: self.as_fd(),
+            out,
+            pos: self.offset(),
+            end: self.end(),
+            sent: 0,
+        };
         let start = order.iter().position(|&path| path == first).unwrap_or(0);
         for &path in &order[start..] {
             let step = match path {
@@ -258,7 +276,12 @@ impl LentRegion {
                         None => SendProgress::Done { sent, path },
                     })
                 }
-                Step::Eof => return Err(SendError::SourceEnded { sent, wanted: self.len() }),
+                Step::Eof => {
+                    return Err(SendError::SourceEnded {
+                        sent,
+                        wanted: self.len(),
+                    })
+                }
                 Step::Failed(error) => return Err(error),
             }
         }

@@ -60,8 +60,16 @@ const INDEX_MASK: u64 = (1 << STAGE_SHIFT) - 1;
 /// results of its SQEs as their CQEs arrive.
 enum State {
     Vacant,
-    InFlight { resources: Box<dyn Any>, left: u8, results: [i32; 2], abandoned: bool },
-    Done { resources: Box<dyn Any>, results: [i32; 2] },
+    InFlight {
+        resources: Box<dyn Any>,
+        left: u8,
+        results: [i32; 2],
+        abandoned: bool,
+    },
+    Done {
+        resources: Box<dyn Any>,
+        results: [i32; 2],
+    },
 }
 
 struct Slot {
@@ -98,7 +106,13 @@ impl Completions {
         static NEXT_ID: AtomicU16 = AtomicU16::new(0);
         // Relaxed: the id only has to differ from other tables', no memory is published.
         let id = u64::from(NEXT_ID.fetch_add(1, Ordering::Relaxed)) & TABLE_MASK;
-        Completions { table: Rc::new(RefCell::new(Table { id, slots: Vec::new(), free: Vec::new() })) }
+        Completions {
+            table: Rc::new(RefCell::new(Table {
+                id,
+                slots: Vec::new(),
+                free: Vec::new(),
+            })),
+        }
     }
 
     /// True when `user_data` carries fdlend's tag (some table's op): feed those CQEs
@@ -110,7 +124,11 @@ impl Completions {
     /// Ops whose completions have not all been fed yet, including dropped ones.
     pub fn in_flight(&self) -> usize {
         let table = self.table.borrow();
-        table.slots.iter().filter(|slot| matches!(slot.state, State::InFlight { .. })).count()
+        table
+            .slots
+            .iter()
+            .filter(|slot| matches!(slot.state, State::InFlight { .. }))
+            .count()
     }
 
     /// Takes one reaped CQE: returns `true` if it belonged to this table (and is
@@ -144,7 +162,10 @@ impl Completions {
 
 impl fmt::Debug for Completions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Completions").field("id", &self.table.borrow().id).field("in_flight", &self.in_flight()).finish()
+        f.debug_struct("Completions")
+            .field("id", &self.table.borrow().id)
+            .field("in_flight", &self.in_flight())
+            .finish()
     }
 }
 
@@ -158,18 +179,32 @@ pub(crate) struct Key {
 impl Table {
     /// Parks `resources` for an op of `sqes` SQEs and returns its key.
     pub(crate) fn insert(&mut self, resources: Box<dyn Any>, sqes: u8) -> Key {
-        let state = State::InFlight { resources, left: sqes, results: [0; 2], abandoned: false };
+        let state = State::InFlight {
+            resources,
+            left: sqes,
+            results: [0; 2],
+            abandoned: false,
+        };
         let index = match self.free.pop() {
             Some(index) => index,
             None => {
-                self.slots.push(Slot { generation: 0, state: State::Vacant });
+                self.slots.push(Slot {
+                    generation: 0,
+                    state: State::Vacant,
+                });
                 self.slots.len() - 1
             }
         };
-        assert!(index as u64 <= INDEX_MASK, "fdlend: more than 2^23 io_uring ops in flight on one table");
+        assert!(
+            index as u64 <= INDEX_MASK,
+            "fdlend: more than 2^23 io_uring ops in flight on one table"
+        );
         let slot = &mut self.slots[index];
         slot.state = state;
-        Key { index, generation: slot.generation }
+        Key {
+            index,
+            generation: slot.generation,
+        }
     }
 
     /// Undoes an `insert` whose SQEs never reached the queue.
@@ -190,7 +225,9 @@ impl Table {
     }
 
     fn slot(&mut self, key: Key) -> Option<&mut Slot> {
-        self.slots.get_mut(key.index).filter(|slot| slot.generation == key.generation)
+        self.slots
+            .get_mut(key.index)
+            .filter(|slot| slot.generation == key.generation)
     }
 
     /// Frees the slot (the generation moves on, so stale keys and CQEs miss it).
@@ -205,20 +242,36 @@ impl Table {
     /// Records one CQE; `None` if it is not this table's, else the resources it
     /// freed (an abandoned op's, on its last CQE).
     fn record(&mut self, user_data: u64, result: i32) -> Option<Option<Box<dyn Any>>> {
-        if user_data >> TAG_SHIFT != USER_DATA_TAG || (user_data >> TABLE_SHIFT) & TABLE_MASK != self.id {
+        if user_data >> TAG_SHIFT != USER_DATA_TAG
+            || (user_data >> TABLE_SHIFT) & TABLE_MASK != self.id
+        {
             return None;
         }
-        let key = Key { index: (user_data & INDEX_MASK) as usize, generation: (user_data >> GEN_SHIFT) & GEN_MASK };
+        let key = Key {
+            index: (user_data & INDEX_MASK) as usize,
+            generation: (user_data >> GEN_SHIFT) & GEN_MASK,
+        };
         let stage = ((user_data >> STAGE_SHIFT) & 1) as usize;
         let slot = self.slot(key)?;
-        let State::InFlight { left, results, abandoned, .. } = &mut slot.state else { return None };
+        let State::InFlight {
+            left,
+            results,
+            abandoned,
+            ..
+        } = &mut slot.state
+        else {
+            return None;
+        };
         results[stage] = result;
         *left -= 1;
         if *left > 0 {
             return Some(None);
         }
         let abandoned = *abandoned;
-        let State::InFlight { resources, results, .. } = std::mem::replace(&mut slot.state, State::Vacant) else {
+        let State::InFlight {
+            resources, results, ..
+        } = std::mem::replace(&mut slot.state, State::Vacant)
+        else {
             unreachable!()
         };
         if abandoned {
@@ -241,7 +294,8 @@ impl Table {
     }
 
     pub(crate) fn is_done(&mut self, key: Key) -> bool {
-        self.slot(key).is_some_and(|slot| matches!(slot.state, State::Done { .. }))
+        self.slot(key)
+            .is_some_and(|slot| matches!(slot.state, State::Done { .. }))
     }
 
     /// An op handle is gone: free a finished op now (returning its resources to drop
@@ -265,7 +319,9 @@ impl Table {
 impl Drop for Table {
     fn drop(&mut self) {
         for slot in &mut self.slots {
-            if let State::InFlight { resources, .. } = std::mem::replace(&mut slot.state, State::Vacant) {
+            if let State::InFlight { resources, .. } =
+                std::mem::replace(&mut slot.state, State::Vacant)
+            {
                 // The kernel may still use these: leaking is the only safe end.
                 std::mem::forget(resources);
             }

@@ -103,7 +103,10 @@ fn push<R: 'static>(
         // see SAFETY.md, "Region I/O and io_uring".
         let pushed = unsafe { sq.push(&entry) };
         // Room for every entry was checked above, under the same `&mut` borrow.
-        assert!(pushed.is_ok() || stage > 0, "fdlend: the submission queue shrank");
+        assert!(
+            pushed.is_ok() || stage > 0,
+            "fdlend: the submission queue shrank"
+        );
         if pushed.is_err() {
             let resources = table.cancel_unsubmitted(key);
             return Err(QueueFull(*resources.downcast::<R>().expect("same type")));
@@ -127,7 +130,10 @@ impl<R: 'static> Handle<R> {
 
     fn take(&self) -> Option<(R, [i32; 2])> {
         let (resources, results) = self.table.borrow_mut().take_done(self.key)?;
-        Some((*resources.downcast::<R>().expect("the op's own resources"), results))
+        Some((
+            *resources.downcast::<R>().expect("the op's own resources"),
+            results,
+        ))
     }
 }
 
@@ -167,7 +173,11 @@ impl<B: OwnedBuf> ReadOp<B> {
     /// The result, once the completion has been fed; the op back otherwise.
     pub fn finish(self) -> Result<ReadDone<B>, ReadOp<B>> {
         match self.handle.take() {
-            Some(((region, buf), results)) => Ok(ReadDone { region, buf, result: result(results[0]) }),
+            Some(((region, buf), results)) => Ok(ReadDone {
+                region,
+                buf,
+                result: result(results[0]),
+            }),
             None => Err(self),
         }
     }
@@ -175,7 +185,9 @@ impl<B: OwnedBuf> ReadOp<B> {
 
 impl<B: OwnedBuf> fmt::Debug for ReadOp<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReadOp").field("key", &self.handle.key).finish()
+        f.debug_struct("ReadOp")
+            .field("key", &self.handle.key)
+            .finish()
     }
 }
 
@@ -214,7 +226,12 @@ impl<O: AsFd + 'static> SendOp<O> {
                     Ok(n) => region.advance(n as u64),
                     Err(_) => Some(region),
                 };
-                Ok(SendDone { out, filled: result(results[0]), sent, rest })
+                Ok(SendDone {
+                    out,
+                    filled: result(results[0]),
+                    sent,
+                    rest,
+                })
             }
             None => Err(self),
         }
@@ -223,7 +240,9 @@ impl<O: AsFd + 'static> SendOp<O> {
 
 impl<O: AsFd + 'static> fmt::Debug for SendOp<O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SendOp").field("key", &self.handle.key).finish()
+        f.debug_struct("SendOp")
+            .field("key", &self.handle.key)
+            .finish()
     }
 }
 
@@ -238,11 +257,21 @@ impl Completions {
         buf: B,
     ) -> Result<ReadOp<B>, QueueFull<(LentRegion, B)>> {
         let key = push(self, sq, (region, buf), |(region, buf)| {
-            let len = (buf.bytes_len() as u64).min(region.len()).min(u64::from(u32::MAX)) as u32;
+            let len = (buf.bytes_len() as u64)
+                .min(region.len())
+                .min(u64::from(u32::MAX)) as u32;
             let fd = types::Fd(region.as_raw_fd());
-            vec![opcode::Read::new(fd, buf.stable_mut_ptr(), len).offset(region.offset()).build()]
+            vec![opcode::Read::new(fd, buf.stable_mut_ptr(), len)
+                .offset(region.offset())
+                .build()]
         })?;
-        Ok(ReadOp { handle: Handle { table: Rc::clone(self.table()), key, _resources: PhantomData } })
+        Ok(ReadOp {
+            handle: Handle {
+                table: Rc::clone(self.table()),
+                key,
+                _resources: PhantomData,
+            },
+        })
     }
 
     /// Pushes a send of the region's first 64 KiB (less a page's worth for an
@@ -259,19 +288,37 @@ impl Completions {
             Ok(pipe) => pipe,
             Err(errno) => return Err(SendRefused::Pipe { errno, region, out }),
         };
-        let key = push(self, sq, (region, out, pipe_read, pipe_write), |(region, out, pipe_read, pipe_write)| {
-            // A pipe holds 16 page fragments: an unaligned start takes one page
-            // fewer bytes, or the fill comes up short and breaks the link.
-            let page = page_size();
-            let len = region.len().min(PIPE_PAGES * page - region.offset() % page) as u32;
-            let (file, pipe_in) = (types::Fd(region.as_raw_fd()), types::Fd(pipe_write.as_raw_fd()));
-            let (pipe_out, dest) = (types::Fd(pipe_read.as_raw_fd()), types::Fd(out.as_fd().as_raw_fd()));
-            let fill = opcode::Splice::new(file, region.offset() as i64, pipe_in, -1, len).build();
-            let drain = opcode::Splice::new(pipe_out, -1, dest, -1, len).build();
-            vec![fill.flags(squeue::Flags::IO_LINK), drain]
-        })
+        let key = push(
+            self,
+            sq,
+            (region, out, pipe_read, pipe_write),
+            |(region, out, pipe_read, pipe_write)| {
+                // A pipe holds 16 page fragments: an unaligned start takes one page
+                // fewer bytes, or the fill comes up short and breaks the link.
+                let page = page_size();
+                let len = region.len().min(PIPE_PAGES * page - region.offset() % page) as u32;
+                let (file, pipe_in) = (
+                    types::Fd(region.as_raw_fd()),
+                    types::Fd(pipe_write.as_raw_fd()),
+                );
+                let (pipe_out, dest) = (
+                    types::Fd(pipe_read.as_raw_fd()),
+                    types::Fd(out.as_fd().as_raw_fd()),
+                );
+                let fill =
+                    opcode::Splice::new(file, region.offset() as i64, pipe_in, -1, len).build();
+                let drain = opcode::Splice::new(pipe_out, -1, dest, -1, len).build();
+                vec![fill.flags(squeue::Flags::IO_LINK), drain]
+            },
+        )
         .map_err(|QueueFull((region, out, ..))| SendRefused::QueueFull { region, out })?;
-        Ok(SendOp { handle: Handle { table: Rc::clone(self.table()), key, _resources: PhantomData } })
+        Ok(SendOp {
+            handle: Handle {
+                table: Rc::clone(self.table()),
+                key,
+                _resources: PhantomData,
+            },
+        })
     }
 }
 
