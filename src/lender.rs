@@ -4,8 +4,8 @@
 use crate::close::{self, to_io, CloseFuture, CloseSignal, Closer, Closing, Reclaim};
 use crate::error::{LendError, RegisterError};
 use crate::fd;
-use crate::liveness::{Taking, COUNT_MAX};
-use crate::loan::{self, Epoch, Loan, LocalLoan, Ticket};
+use crate::liveness::COUNT_MAX;
+use crate::loan::{self, Epoch, Loan, LocalLoan, OwnerRef, Ticket};
 use crate::sync::{lock, Arc};
 use crate::table::{self, Slot, MAX_FD};
 use std::fmt;
@@ -22,7 +22,7 @@ use std::rc::Rc;
 pub struct Lender {
     /// The owner's counted reference, shared with every `LocalLoan`. `None` only
     /// between a consuming method taking it and `Drop` running.
-    owner: Option<Rc<Loan>>,
+    owner: Option<Rc<OwnerRef>>,
 }
 
 impl Lender {
@@ -65,15 +65,15 @@ impl Lender {
                 ))
             }
         };
-        slot.set_limit(max_loans.min(Self::MAX_LOANS) + 1);
+        slot.set_limit(max_loans.min(Self::MAX_LOANS));
         // The fd now belongs to this incarnation of the slot; `fd::close` ends it.
         let raw = fd.into_raw_fd();
         Ok(Lender {
-            owner: Some(Rc::new(Loan::counted(raw, epoch))),
+            owner: Some(Rc::new(OwnerRef::new(raw, epoch))),
         })
     }
 
-    fn owner(&self) -> &Rc<Loan> {
+    fn owner(&self) -> &Rc<OwnerRef> {
         self.owner
             .as_ref()
             .expect("fdlend: Lender used after it was consumed")
@@ -86,8 +86,7 @@ impl Lender {
     /// A counted loan for any thread (one atomic operation). Refused with
     /// `Saturated` at the loan limit.
     pub fn loan(&self) -> Result<Loan, LendError> {
-        let owner = self.owner();
-        loan::acquire(owner.fd, owner.epoch, Taking::New)
+        self.owner().loan()
     }
 
     /// A loan for this thread that costs no atomic operation.
@@ -97,7 +96,7 @@ impl Lender {
 
     /// A ticket: holds nothing open; [`Ticket::pin`] it when the file is needed.
     pub fn ticket(&self) -> Ticket {
-        Ticket::new(self.owner().fd, self.owner().epoch)
+        self.owner().ticket()
     }
 
     /// Counts one loan and hands out the fd itself as a raw token, for APIs that
@@ -116,7 +115,7 @@ impl Lender {
     /// This file's incarnation; record it beside raw tokens to check them later with
     /// [`is_current`](crate::is_current).
     pub fn epoch(&self) -> Epoch {
-        self.owner().epoch()
+        Epoch(self.owner().epoch)
     }
 
     /// Loans, raw tokens and local loans outstanding right now.
@@ -127,10 +126,10 @@ impl Lender {
 
     /// The most loans this fd may have out at once.
     pub fn max_loans(&self) -> u32 {
-        self.slot().limit() - 1
+        self.slot().limit()
     }
 
-    fn take_owner(mut self) -> Rc<Loan> {
+    fn take_owner(mut self) -> Rc<OwnerRef> {
         self.owner.take().expect("fdlend: Lender consumed twice")
     }
 
@@ -239,16 +238,16 @@ impl Lender {
     }
 }
 
-fn slot_of(loan: &Loan) -> &'static Slot {
+fn slot_of(owner: &OwnerRef) -> &'static Slot {
     table::global()
-        .get(loan.fd)
+        .get(owner.fd)
         .expect("fdlend: a registered fd has a slot")
 }
 
 /// The fast path of every close: if the owner holds the only reference (no loans,
 /// tokens or local loans), free the slot in one step and return the fd, now owned
 /// by the caller alone.
-fn retire(owner: Rc<Loan>) -> Result<RawFd, Rc<Loan>> {
+fn retire(owner: Rc<OwnerRef>) -> Result<RawFd, Rc<OwnerRef>> {
     if Rc::strong_count(&owner) != 1
         || slot_of(&owner)
             .liveness
@@ -267,7 +266,7 @@ fn retire(owner: Rc<Loan>) -> Result<RawFd, Rc<Loan>> {
 /// The slow path: leave `signal` (who closes, who is told) in the slot, turn the word
 /// `Closing`, and give up the owner's reference. If that was the last, the drain
 /// happens right here.
-fn begin_close(owner: Rc<Loan>, signal: Option<Arc<CloseSignal>>) {
+fn begin_close(owner: Rc<OwnerRef>, signal: Option<Arc<CloseSignal>>) {
     let slot = slot_of(&owner);
     // Stored before `begin_close` publishes Closing, so the drainer finds it.
     *lock(&slot.signal) = signal;

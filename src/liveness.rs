@@ -11,11 +11,14 @@
 //! * **epoch** names one incarnation of the slot. It advances every time the slot is
 //!   freed, so a handle that remembers `(fd, epoch)` can tell "my file" from "another
 //!   file that got the same fd number later" (fd-number ABA).
-//! * **state** is `Free` (no file), `Open` (new loans allowed) or `Closing` (no new
-//!   loans; whoever drops the count to zero frees the slot and finishes the close).
-//! * **count** is the number of counted references, the owner's own included: an
-//!   `Open` word always counts at least the owner, which is what lets the owner's
-//!   thread hand out local loans with no atomic operation (they share that one count).
+//! * **state** is `Free` (no file), `Open` (new loans allowed), `Closing` (no new
+//!   loans; whoever drops the count to zero frees the slot and finishes the close), or
+//!   `Orphaned` (closing, and the owner's own reference is gone too).
+//! * **count** is the number of counted references, the owner's own included while
+//!   the state is `Open` or `Closing`: an `Open` word always counts at least the
+//!   owner, which is what lets the owner's thread hand out local loans with no atomic
+//!   operation (they share that one count). Knowing whether the owner is counted is
+//!   what lets the loan limit stay exact while a file drains.
 //!
 //! This module knows nothing about fds or syscalls; it is the state machine alone.
 //! Every transition is one compare-and-swap, so a word is never observed half-changed.
@@ -39,6 +42,8 @@ pub(crate) enum State {
     Open = 1,
     /// The owner has begun closing: no new loans, existing ones drain.
     Closing = 2,
+    /// Closing, and the owner has released its own reference: only loans remain.
+    Orphaned = 3,
 }
 
 /// One decoded value of the word.
@@ -59,7 +64,7 @@ impl Word {
             0 => State::Free,
             1 => State::Open,
             2 => State::Closing,
-            other => unreachable!("liveness word holds unknown state {other}"),
+            _ => State::Orphaned,
         }
     }
 
@@ -107,6 +112,22 @@ pub(crate) enum Released {
     Drained,
     /// The epoch is gone (the file was revoked by `close_now`): nothing was counted.
     Stale,
+}
+
+/// Whose reference is released.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Holder {
+    /// A loan or raw token.
+    Loan,
+    /// The owner (its `Lender` and local loans, which share one reference).
+    Owner,
+}
+
+impl State {
+    /// Whether the count includes the owner's own reference.
+    fn counts_owner(self) -> bool {
+        matches!(self, State::Open | State::Closing)
+    }
 }
 
 /// Who may take a new reference.
@@ -172,22 +193,30 @@ impl Liveness {
         }
     }
 
-    /// Counts one more reference to incarnation `epoch`, if `limit` allows.
-    pub(crate) fn acquire(&self, epoch: u32, taking: Taking, limit: u32) -> Result<(), Refusal> {
+    /// Counts one more loan of incarnation `epoch`, if fewer than `max_loans` loans
+    /// (the owner's reference aside) are out.
+    pub(crate) fn acquire(
+        &self,
+        epoch: u32,
+        taking: Taking,
+        max_loans: u32,
+    ) -> Result<(), Refusal> {
         let mut current = Word(self.word.load(Ordering::Relaxed));
         loop {
             if current.epoch() != epoch {
                 return Err(match current.state() {
                     State::Free => Refusal::Closed,
-                    State::Open | State::Closing => Refusal::Stale,
+                    _ => Refusal::Stale,
                 });
             }
-            match (current.state(), taking) {
+            let state = current.state();
+            match (state, taking) {
                 (State::Free, _) => return Err(Refusal::Closed),
-                (State::Closing, Taking::New) => return Err(Refusal::Closing),
-                (State::Open, _) | (State::Closing, Taking::Clone) => {}
+                (State::Closing | State::Orphaned, Taking::New) => return Err(Refusal::Closing),
+                (State::Open, _) | (State::Closing | State::Orphaned, Taking::Clone) => {}
             }
-            if current.count() >= limit.min(COUNT_MAX) {
+            let loans = current.count() - u32::from(state.counts_owner());
+            if loans >= max_loans || current.count() >= COUNT_MAX {
                 return Err(Refusal::Saturated);
             }
             let next = current.with_count(current.count() + 1);
@@ -205,20 +234,32 @@ impl Liveness {
         }
     }
 
-    /// Gives back one reference to incarnation `epoch`.
-    pub(crate) fn release(&self, epoch: u32) -> Released {
+    /// Gives back `holder`'s reference to incarnation `epoch`.
+    pub(crate) fn release(&self, epoch: u32, holder: Holder) -> Released {
         let mut current = Word(self.word.load(Ordering::Relaxed));
         loop {
             if current.epoch() != epoch || current.state() == State::Free {
                 return Released::Stale;
             }
+            let state = current.state();
             let draining = current.count() == 1;
-            assert!(
-                current.count() > 0 && !(draining && current.state() == State::Open),
-                "fdlend: liveness word {current:?} released below the owner's reference"
-            );
+            let loans = current.count() - u32::from(state.counts_owner());
+            match holder {
+                Holder::Loan => assert!(
+                    loans > 0,
+                    "fdlend: liveness word {current:?} released below the owner's reference"
+                ),
+                Holder::Owner => assert!(
+                    state == State::Closing,
+                    "fdlend: owner released its reference of {current:?} without closing"
+                ),
+            }
             let next = if draining {
                 current.freed()
+            } else if holder == Holder::Owner {
+                current
+                    .with_count(current.count() - 1)
+                    .with_state(State::Orphaned)
             } else {
                 current.with_count(current.count() - 1)
             };
@@ -282,7 +323,7 @@ impl Liveness {
             .map_err(|seen| Word(seen).count())
     }
 
-    /// Open or Closing → Free regardless of the count: every outstanding reference of
+    /// Any live state → Free regardless of the count: every outstanding reference of
     /// `epoch` becomes stale and its release a no-op.
     pub(crate) fn revoke(&self, epoch: u32) {
         let mut current = Word(self.word.load(Ordering::Relaxed));
@@ -359,11 +400,16 @@ mod tests {
         let epoch = slot.register().unwrap();
         slot.acquire(epoch, Taking::New, COUNT_MAX).unwrap();
         slot.begin_close(epoch);
-        assert_eq!(slot.release(epoch), Released::Kept, "owner's reference");
-        assert_eq!(slot.release(epoch), Released::Drained, "the loan was last");
+        assert_eq!(slot.release(epoch, Holder::Owner), Released::Kept);
+        assert_eq!(slot.load(), Word::new(epoch, State::Orphaned, 1));
+        assert_eq!(
+            slot.release(epoch, Holder::Loan),
+            Released::Drained,
+            "the loan was last"
+        );
         assert_eq!(slot.load(), Word::new(1, State::Free, 0));
         assert_eq!(
-            slot.release(epoch),
+            slot.release(epoch, Holder::Loan),
             Released::Stale,
             "a second release finds nothing"
         );
@@ -373,13 +419,28 @@ mod tests {
     fn saturation_refuses_at_the_limit_and_loses_nothing() {
         let slot = Liveness::new();
         let epoch = slot.register().unwrap();
-        slot.acquire(epoch, Taking::New, 2).unwrap();
-        assert_eq!(slot.acquire(epoch, Taking::New, 2), Err(Refusal::Saturated));
+        slot.acquire(epoch, Taking::New, 1).unwrap();
+        assert_eq!(slot.acquire(epoch, Taking::New, 1), Err(Refusal::Saturated));
         assert_eq!(
-            slot.acquire(epoch, Taking::Clone, 2),
+            slot.acquire(epoch, Taking::Clone, 1),
             Err(Refusal::Saturated)
         );
-        assert_eq!(slot.load().count(), 2);
+        assert_eq!(slot.load().count(), 2, "the owner and one loan");
+    }
+
+    #[test]
+    fn the_limit_stays_exact_once_the_owner_is_gone() {
+        let slot = Liveness::new();
+        let epoch = slot.register().unwrap();
+        slot.acquire(epoch, Taking::New, 1).unwrap();
+        slot.begin_close(epoch);
+        slot.release(epoch, Holder::Owner);
+        assert_eq!(
+            slot.acquire(epoch, Taking::Clone, 1),
+            Err(Refusal::Saturated),
+            "one loan is still the limit"
+        );
+        assert_eq!(slot.load(), Word::new(epoch, State::Orphaned, 1));
     }
 
     #[test]
@@ -397,7 +458,7 @@ mod tests {
             slot.acquire(old, Taking::New, COUNT_MAX),
             Err(Refusal::Stale)
         );
-        assert_eq!(slot.release(old), Released::Stale);
+        assert_eq!(slot.release(old, Holder::Loan), Released::Stale);
         assert_eq!(
             slot.load().count(),
             1,
@@ -412,7 +473,7 @@ mod tests {
         slot.acquire(epoch, Taking::New, COUNT_MAX).unwrap();
         assert_eq!(slot.retire_if_unlent(epoch), Err(2));
         slot.revoke(epoch);
-        assert_eq!(slot.release(epoch), Released::Stale);
+        assert_eq!(slot.release(epoch, Holder::Loan), Released::Stale);
         assert_eq!(slot.load(), Word::new(epoch + 1, State::Free, 0));
     }
 }

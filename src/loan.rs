@@ -5,7 +5,7 @@
 use crate::close;
 use crate::error::LendError;
 use crate::fd;
-use crate::liveness::{Refusal, Released, State, Taking};
+use crate::liveness::{Holder, Refusal, Released, State, Taking};
 use crate::table::{self, Slot};
 use std::fmt;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
@@ -34,10 +34,9 @@ pub(crate) fn refusal_to_error(fd: RawFd, refusal: Refusal, slot: &Slot) -> Lend
         Refusal::Closed => LendError::Closed { fd },
         Refusal::Stale => LendError::Stale { fd },
         Refusal::Closing => LendError::Closing { fd },
-        // The owner's own reference is counted but is not a loan.
         Refusal::Saturated => LendError::Saturated {
             fd,
-            limit: slot.limit() - 1,
+            limit: slot.limit(),
         },
         Refusal::Live => LendError::SlotLive { fd },
     }
@@ -58,10 +57,11 @@ pub(crate) fn acquire(fd: RawFd, epoch: u32, taking: Taking) -> Result<Loan, Len
         .map_err(|refusal| refusal_to_error(fd, refusal, slot))
 }
 
-/// Gives back one reference to `(fd, epoch)`, finishing the close if it was the last.
-fn release(fd: RawFd, epoch: u32) -> Released {
+/// Gives back `holder`'s reference to `(fd, epoch)`, finishing the close if it was
+/// the last.
+fn release(fd: RawFd, epoch: u32, holder: Holder) -> Released {
     let slot = slot_of_counted(fd);
-    let released = slot.liveness.release(epoch);
+    let released = slot.liveness.release(epoch, holder);
     if released == Released::Drained {
         close::finish_drained(slot, fd);
     }
@@ -79,11 +79,6 @@ pub struct Loan {
 }
 
 impl Loan {
-    /// A handle for a reference the caller has already counted.
-    pub(crate) fn counted(fd: RawFd, epoch: u32) -> Loan {
-        Loan { fd, epoch }
-    }
-
     /// Another loan of the same file, or `Saturated` at the fd's loan limit. Works
     /// while the file is closing too: this loan keeps it open anyway.
     pub fn try_clone(&self) -> Result<Loan, LendError> {
@@ -131,13 +126,11 @@ impl Loan {
     pub unsafe fn from_raw(token: BorrowedFd<'static>) -> Result<Loan, LendError> {
         let fd = token.as_raw_fd();
         let word = table::global().get(fd).map(|slot| slot.liveness.load());
-        // An open file's count always includes the owner's own reference, which is
-        // not a loan: taking that one would drop the count below the owner's. A
-        // closing file's count may or may not include it (local loans keep it), so
-        // there any count could be a loan.
+        // While the owner's own reference is counted (Open, Closing) it is not a
+        // loan: taking it would drop the count below the owner's.
         let lent = word.is_some_and(|word| match word.state() {
-            State::Open => word.count() > 1,
-            State::Closing => word.count() > 0,
+            State::Open | State::Closing => word.count() > 1,
+            State::Orphaned => word.count() > 0,
             State::Free => false,
         });
         match word {
@@ -163,7 +156,7 @@ impl Clone for Loan {
 
 impl Drop for Loan {
     fn drop(&mut self) {
-        release(self.fd, self.epoch);
+        release(self.fd, self.epoch, Holder::Loan);
     }
 }
 
@@ -190,22 +183,60 @@ impl fmt::Debug for Loan {
     }
 }
 
+/// The owner's own counted reference, shared by `Rc` between its `Lender` and
+/// `LocalLoan`s: the word counts it once however many local loans share it, and its
+/// release tells the word that the owner is no longer counted.
+pub(crate) struct OwnerRef {
+    pub(crate) fd: RawFd,
+    pub(crate) epoch: u32,
+}
+
+impl OwnerRef {
+    pub(crate) fn new(fd: RawFd, epoch: u32) -> OwnerRef {
+        OwnerRef { fd, epoch }
+    }
+
+    /// A new loan of the owner's file (`Taking::New`: refused once closing).
+    pub(crate) fn loan(&self) -> Result<Loan, LendError> {
+        acquire(self.fd, self.epoch, Taking::New)
+    }
+
+    pub(crate) fn ticket(&self) -> Ticket {
+        Ticket::new(self.fd, self.epoch)
+    }
+}
+
+impl Drop for OwnerRef {
+    fn drop(&mut self) {
+        release(self.fd, self.epoch, Holder::Owner);
+    }
+}
+
+impl AsFd for OwnerRef {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the owner's count keeps `fd` open while this reference lives (the
+        // owner's unsafe `close_now` aside, whose contract covers it).
+        unsafe { fd::borrow(self.fd) }
+    }
+}
+
 /// A loan for the owner's thread: cloning and dropping it touch no atomic, because
 /// all local loans share the owner's one counted reference (biased counting).
 /// `!Send`; [`LocalLoan::to_send`] makes a [`Loan`] when one must cross threads.
 #[derive(Clone)]
 pub struct LocalLoan {
-    shared: Rc<Loan>,
+    shared: Rc<OwnerRef>,
 }
 
 impl LocalLoan {
-    pub(crate) fn new(shared: Rc<Loan>) -> LocalLoan {
+    pub(crate) fn new(shared: Rc<OwnerRef>) -> LocalLoan {
         LocalLoan { shared }
     }
 
     /// A counted loan of the same file, for another thread (one atomic operation).
+    /// Works while the file is closing too, as [`Loan::try_clone`] does.
     pub fn to_send(&self) -> Result<Loan, LendError> {
-        self.shared.try_clone()
+        acquire(self.shared.fd, self.shared.epoch, Taking::Clone)
     }
 
     /// A ticket for the same file.
@@ -215,7 +246,7 @@ impl LocalLoan {
 
     /// The incarnation this loan counts.
     pub fn epoch(&self) -> Epoch {
-        self.shared.epoch()
+        Epoch(self.shared.epoch)
     }
 }
 

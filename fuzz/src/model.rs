@@ -125,12 +125,9 @@ impl Model {
 
     fn expect_room(&self, inc: usize) -> Result<(), LendError> {
         let incarnation = &self.incarnations[inc];
-        // The word's limit is max_loans + 1, counting the owner's reference. A closing
-        // owner lets go of that reference once no local loan holds it, and then one
-        // clone beyond max_loans fits: the limit documented for `with_max_loans` is
-        // exceeded by one while closing. Reported; modelled as it is.
-        let owner = incarnation.phase == Phase::Open || incarnation.locals > 0;
-        if incarnation.shared + u32::from(owner) > incarnation.limit {
+        // `max_loans` counts loans and raw tokens only, whether or not the owner's
+        // own reference is still counted (it is not once a closing owner lets go).
+        if incarnation.shared >= incarnation.limit {
             return Err(LendError::Saturated {
                 fd: incarnation.fd,
                 limit: incarnation.limit,
