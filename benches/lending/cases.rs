@@ -1,0 +1,211 @@
+//! The timed rows, section by section, each fdlend operation against what it
+//! replaces. Sections run in a fixed order and some hand on the handles they made,
+//! so every row sees the same lender state it always has.
+
+use crate::table::{row, Row, Target};
+use crate::timing::{contended_pair, pair, Settings};
+use fdlend::{Lender, Loan, LocalLoan, ShardedLender, SharedLoan};
+use std::hint::black_box;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::{Arc, Weak};
+
+/// The classic hand-off: a new kernel fd, closed by the receiver.
+fn dup_close(fd: &impl AsRawFd) {
+    // SAFETY: dup of an fd this process holds open; the result is owned below.
+    let copy = unsafe { libc::dup(fd.as_raw_fd()) };
+    assert!(copy >= 0, "dup: {}", std::io::Error::last_os_error());
+    // SAFETY: `copy` is a fresh fd nothing else owns.
+    drop(black_box(unsafe { OwnedFd::from_raw_fd(copy) }));
+}
+
+/// Handing the fd to a receiver and back, each fdlend way, against `dup` + `close`.
+pub fn hand_off(settings: &Settings, lender: &Lender, rows: &mut Vec<Row>) {
+    eprintln!("hand-off: lend + release vs dup + close");
+    let (a, b) = pair(
+        settings,
+        &mut || drop(black_box(lender.loan().unwrap())),
+        &mut || dup_close(lender),
+    );
+    rows.push(row(
+        "`loan()` + drop",
+        a,
+        "`dup` + `close`",
+        b,
+        Target::AtMost(0.01),
+    ));
+    let (a, b) = pair(
+        settings,
+        &mut || {
+            // SAFETY: the token is returned at once and not used after.
+            let token = black_box(unsafe { lender.lend_fd() }.unwrap());
+            // SAFETY: returned exactly once; the lender is alive, so never `close_now`ed.
+            unsafe { fdlend::return_fd(token) }.unwrap();
+        },
+        &mut || dup_close(lender),
+    );
+    rows.push(row(
+        "`lend_fd` + `return_fd`",
+        a,
+        "`dup` + `close`",
+        b,
+        Target::AtMost(0.01),
+    ));
+    let (a, b) = pair(
+        settings,
+        &mut || drop(black_box(lender.local_loan())),
+        &mut || dup_close(lender),
+    );
+    rows.push(row(
+        "`local_loan()` + drop (same thread)",
+        a,
+        "`dup` + `close`",
+        b,
+        Target::AtMost(0.01),
+    ));
+}
+
+/// Copying a handle on one thread, against the std pointer each one stands in for.
+/// Returns the handles it made; the caller keeps them until the lender closes.
+pub fn uncontended_clone(
+    settings: &Settings,
+    lender: &Lender,
+    arc: &Arc<OwnedFd>,
+    rows: &mut Vec<Row>,
+) -> (Loan, LocalLoan, Weak<OwnedFd>) {
+    eprintln!("clone + drop, uncontended");
+    let loan = lender.loan().unwrap();
+    let (a, b) = pair(
+        settings,
+        &mut || drop(black_box(black_box(&loan).clone())),
+        &mut || drop(black_box(Arc::clone(black_box(arc)))),
+    );
+    rows.push(row(
+        "`Loan` clone + drop",
+        a,
+        "`Arc<OwnedFd>`",
+        b,
+        Target::AtMost(1.0),
+    ));
+
+    let local = lender.local_loan();
+    let rc = Rc::new(lender.as_fd().try_clone_to_owned().unwrap());
+    let (a, b) = pair(
+        settings,
+        &mut || drop(black_box(black_box(&local).clone())),
+        &mut || drop(black_box(Rc::clone(black_box(&rc)))),
+    );
+    rows.push(row(
+        "`LocalLoan` clone + drop",
+        a,
+        "`Rc<OwnedFd>`",
+        b,
+        Target::AtMost(1.5),
+    ));
+    drop(rc);
+
+    let ticket = lender.ticket();
+    let weak = Arc::downgrade(arc);
+    let (a, b) = pair(
+        settings,
+        &mut || drop(black_box(black_box(&ticket).pin().unwrap())),
+        &mut || drop(black_box(black_box(&weak).upgrade().unwrap())),
+    );
+    rows.push(row(
+        "`Ticket::pin` + drop",
+        a,
+        "`Weak::upgrade` + drop",
+        b,
+        Target::None,
+    ));
+    (loan, local, weak)
+}
+
+/// Cloning one file's handle on two threads at once, where the shared count's cache
+/// line bounces, and the sharded lender that avoids it. Returns the sharded lender
+/// and its loan; the caller keeps them until the lender closes.
+pub fn two_threads(
+    settings: &Settings,
+    lender: &Lender,
+    loan: &Loan,
+    arc: &Arc<OwnedFd>,
+    rows: &mut Vec<Row>,
+) -> (ShardedLender, SharedLoan) {
+    eprintln!("2 threads, one file");
+    let sharded = ShardedLender::new(lender.as_fd().try_clone_to_owned().unwrap()).unwrap();
+    let shared = sharded.loan();
+    let loan_op = || -> Box<dyn FnMut() + Send> {
+        let mine: Loan = loan.clone();
+        Box::new(move || drop(black_box(black_box(&mine).clone())))
+    };
+    let arc_op = || -> Box<dyn FnMut() + Send> {
+        let mine = Arc::clone(arc);
+        Box::new(move || drop(black_box(Arc::clone(black_box(&mine)))))
+    };
+    let shared_op = || -> Box<dyn FnMut() + Send> {
+        let mine: SharedLoan = shared.clone();
+        Box::new(move || drop(black_box(black_box(&mine).clone())))
+    };
+    let (a, b) = contended_pair(settings, 2, &loan_op, &arc_op);
+    rows.push(row(
+        "`Loan` clone + drop, 2 threads",
+        a,
+        "`Arc`, 2 threads",
+        b,
+        Target::None,
+    ));
+    let (a, b) = contended_pair(settings, 2, &shared_op, &arc_op);
+    rows.push(row(
+        "`SharedLoan` clone + drop, 2 threads",
+        a,
+        "`Arc`, 2 threads",
+        b,
+        Target::AtMost(0.5),
+    ));
+    let (a, b) = pair(
+        settings,
+        &mut || drop(black_box(black_box(&shared).clone())),
+        &mut || drop(black_box(Arc::clone(black_box(arc)))),
+    );
+    rows.push(row(
+        "`SharedLoan` clone + drop, 1 thread",
+        a,
+        "`Arc<OwnedFd>`",
+        b,
+        Target::None,
+    ));
+    (sharded, shared)
+}
+
+/// A whole hand-off with real work in it, so the saving shows at the scale of a read.
+pub fn pread_hand_off(settings: &Settings, lender: &Lender, rows: &mut Vec<Row>) {
+    eprintln!("end-to-end hand-off: 4 KiB pread at a moving offset");
+    let (mut buf, mut buf2) = ([0u8; 4096], [0u8; 4096]);
+    let mut offset = 0i64;
+    let mut next = move || {
+        offset = (offset + 4096) % (1 << 20);
+        offset
+    };
+    let mut next2 = next;
+    let (a, b) = pair(
+        settings,
+        &mut || {
+            let loan = lender.loan().unwrap();
+            let n = nix::sys::uio::pread(&loan, black_box(&mut buf), next()).unwrap();
+            black_box(n);
+        },
+        &mut || {
+            // SAFETY: dup of an fd this process holds open; owned below.
+            let copy = unsafe { OwnedFd::from_raw_fd(libc::dup(lender.as_raw_fd())) };
+            let n = nix::sys::uio::pread(&copy, black_box(&mut buf2), next2()).unwrap();
+            black_box(n);
+        },
+    );
+    rows.push(row(
+        "`loan` + 4 KiB `pread` + drop",
+        a,
+        "`dup` + `pread` + `close`",
+        b,
+        Target::None,
+    ));
+}

@@ -1,0 +1,118 @@
+//! The rows as they are measured (a progress line on stderr each) and the markdown
+//! tables they end up in (stdout; `--table` prints those alone, for the README).
+
+use crate::in_flight::Memory;
+use crate::timing::Settings;
+use std::time::Duration;
+
+/// One line of the table.
+pub struct Row {
+    name: String,
+    fdlend: String,
+    baseline_name: String,
+    baseline: String,
+    ratio: String,
+    target: &'static str,
+    met: &'static str,
+}
+
+/// The ratio fdlend / baseline a row promises to stay under, if any.
+#[derive(Clone, Copy)]
+pub enum Target {
+    None,
+    AtMost(f64),
+}
+
+impl Target {
+    fn text(self) -> &'static str {
+        match self {
+            Target::None => "",
+            Target::AtMost(l) if l <= 0.011 => "≤ 0.01 (100× cheaper)",
+            Target::AtMost(l) if l <= 0.51 => "≤ 0.5",
+            Target::AtMost(l) if l <= 1.01 => "≤ 1.0",
+            Target::AtMost(_) => "≤ 1.5",
+        }
+    }
+}
+
+pub fn row(
+    name: &str,
+    fdlend_ns: f64,
+    baseline_name: &str,
+    baseline_ns: f64,
+    target: Target,
+) -> Row {
+    let ratio = fdlend_ns / baseline_ns;
+    let met = match target {
+        Target::None => "",
+        Target::AtMost(limit) if ratio <= limit => "yes",
+        Target::AtMost(_) => "**no**",
+    };
+    eprintln!("  {name}: {fdlend_ns:.1} ns vs {baseline_name} {baseline_ns:.1} ns = {ratio:.3}x");
+    Row {
+        name: name.to_owned(),
+        fdlend: format!("{fdlend_ns:.1}"),
+        baseline_name: baseline_name.to_owned(),
+        baseline: format!("{baseline_ns:.1}"),
+        ratio: format!("{ratio:.3}"),
+        target: target.text(),
+        met,
+    }
+}
+
+/// CPU model, CPU count and kernel: the numbers mean little without them.
+fn machine() -> String {
+    let model = std::process::Command::new("lscpu")
+        .output()
+        .ok()
+        .and_then(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .find(|l| l.starts_with("Model name:"))
+                .map(|l| l["Model name:".len()..].trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{model}, {cpus} CPUs, Linux {}", kernel.trim())
+}
+
+pub fn print_table(
+    rows: &[Row],
+    memory: &[Memory],
+    settings: &Settings,
+    took: Duration,
+    table_only: bool,
+) {
+    if !table_only {
+        println!();
+    }
+    println!(
+        "Measured on {} — best of {} alternating rounds of {} ms each (2-thread rows: first start to last end, per call of each thread).",
+        machine(),
+        settings.rounds,
+        settings.sample.as_millis()
+    );
+    println!();
+    println!("| operation | fdlend ns | baseline | baseline ns | ratio | target | met |");
+    println!("|---|---:|---|---:|---:|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            r.name, r.fdlend, r.baseline_name, r.baseline, r.ratio, r.target, r.met
+        );
+    }
+    println!();
+    println!("| 200k handles in flight | held | heap B / handle | allocs / handle | kernel fds / handle | ns / handle | note |");
+    println!("|---|---:|---:|---:|---:|---:|---|");
+    for m in memory {
+        println!(
+            "| {} | {} | {:.1} | {:.4} | {:.4} | {:.1} | {} |",
+            m.name, m.held, m.bytes_per, m.allocs_per, m.fds_per, m.ns_per, m.note
+        );
+    }
+    if !table_only {
+        println!();
+        println!("(whole run: {:.1} s)", took.as_secs_f64());
+    }
+}
