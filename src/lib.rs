@@ -18,6 +18,10 @@
 //!   ([`Lender::close_wait`]), async ([`Lender::close_async`]), only-if-unlent
 //!   ([`Lender::try_close`], [`Lender::into_owned_fd`]), and revoking
 //!   ([`Lender::close_now`]).
+//! - [`io`]: a [`LentRegion`] is a loan plus a byte range, read (`pread`,
+//!   O_DIRECT-aware), sent (`sendfile`) or submitted to io_uring on any thread.
+//! - [`ShardedLender`]: per-CPU counts for a file many threads hammer at once.
+//! - `glommio` (feature): lend a glommio `DmaFile`'s fd, close it asynchronously.
 //!
 //! ```
 //! use fdlend::Lender;

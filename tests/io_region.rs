@@ -205,3 +205,18 @@ fn regions_are_send_and_small() {
     is_send::<RegionTicket>();
     assert_eq!(std::mem::size_of::<LentRegion>(), 24);
 }
+
+#[test]
+fn lender_and_ticket_make_regions_directly() {
+    let bytes = pattern(4096);
+    let file = TempFile::with(&bytes);
+    let lender = Lender::try_from(file.open()).unwrap();
+    assert!(matches!(lender.region(0, 0), Err(RegionError::ZeroLength)));
+    assert_eq!(lender.outstanding(), 0, "a refused range counts no loan");
+    let region = lender.region(100, 50).unwrap();
+    assert_eq!(region.read_to_vec().unwrap(), bytes[100..150]);
+    let ticket = lender.ticket().region(10, 5).unwrap();
+    assert_eq!(ticket.pin().unwrap().read_to_vec().unwrap(), bytes[10..15]);
+    drop(region);
+    assert!(lender.try_close().is_ok());
+}

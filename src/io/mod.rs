@@ -17,14 +17,13 @@
 //!   region and buffer until their completion is reaped.
 //!
 //! ```
-//! use fdlend::io::LentRegion;
 //! use fdlend::Lender;
 //! use std::io::Write;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let mut file = tempfile_with(b"0123456789")?;
 //! let lender = Lender::try_from(file)?;
-//! let region = LentRegion::new(lender.loan()?, 2, 5)?;
+//! let region = lender.region(2, 5)?; // a loan plus a checked range
 //! let bytes = std::thread::spawn(move || region.read_to_vec()).join().unwrap()?;
 //! assert_eq!(bytes, b"23456");
 //! lender.close_wait()?;

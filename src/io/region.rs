@@ -2,7 +2,7 @@
 //! same range held by a ticket (nothing open until it is pinned).
 
 use super::error::RegionError;
-use crate::{Loan, Ticket};
+use crate::{Lender, Loan, Ticket};
 use std::fmt;
 use std::ops::{Bound, RangeBounds};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
@@ -293,5 +293,21 @@ mod tests {
         );
         assert!(validate(MAX_END - 1, 1).is_ok());
         assert!(validate(MAX_END, 1).is_err());
+    }
+}
+
+impl Lender {
+    /// A region of this lender's file with a new loan: `LentRegion::new(self.loan()?,
+    /// offset, len)`.
+    pub fn region(&self, offset: u64, len: u64) -> Result<LentRegion, RegionError> {
+        validate(offset, len)?;
+        LentRegion::new(self.loan()?, offset, len)
+    }
+}
+
+impl Ticket {
+    /// The same file's range as a ticket that holds nothing open until pinned.
+    pub fn region(self, offset: u64, len: u64) -> Result<RegionTicket, RegionError> {
+        RegionTicket::new(self, offset, len)
     }
 }
