@@ -220,7 +220,8 @@ impl Lender {
 
     /// Closes the fd now, whatever is lent. The epoch advances, so every outstanding
     /// ticket pins as stale and every raw token checks as not current; returning
-    /// them or dropping loans becomes a no-op.
+    /// them or dropping loans becomes a no-op, and cloning a revoked loan panics
+    /// (`try_clone` says `Stale`/`Closed`).
     ///
     /// # Safety
     /// - No loan, local loan or raw token of this lender is used for I/O (or turned
