@@ -288,3 +288,31 @@ fn giving_up_on_a_blocked_send_returns_the_loan() {
     assert_eq!(lender.outstanding(), 0);
     assert!(lender.try_close().is_ok());
 }
+
+/// Every path refuses an unaligned write to an O_DIRECT file (EINVAL); the last path
+/// has nothing to fall back to, so the send must fail with a typed error, not panic,
+/// and its loan must come back.
+#[test]
+fn an_unwritable_destination_is_a_typed_error_on_the_last_path() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let source = TempFile::with(&pattern(10_000));
+    let lender = Lender::try_from(source.open()).unwrap();
+    let target = TempFile::with(b"");
+    let Ok(out) = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&target.path)
+    else {
+        println!("SKIP: no O_DIRECT on {}", target.path.display());
+        return;
+    };
+    let region = LentRegion::new(lender.loan().unwrap(), 1, 100).unwrap();
+    match region.send_to(&out) {
+        Err(SendError::Io { path, errno, .. }) => {
+            assert_eq!((path, errno), (SendPath::ReadWrite, Errno::EINVAL));
+        }
+        other => panic!("expected EINVAL on the read+write path, got {other:?}"),
+    }
+    assert_eq!(lender.outstanding(), 0, "the failed send returned its loan");
+    assert!(lender.try_close().is_ok());
+}

@@ -12,6 +12,7 @@ use arbitrary::Arbitrary;
 
 mod close;
 mod model;
+pub mod regions;
 mod world;
 
 pub use world::World;

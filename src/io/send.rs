@@ -107,6 +107,9 @@ impl Cursor<'_> {
                 Ok(n) => {
                     self.advance(n);
                 }
+                // At offsets past the filesystem's largest file size sendfile says
+                // EOVERFLOW where a read says end of file: the next path reads it so.
+                Err(Errno::EOVERFLOW) => return Step::Unsupported,
                 Err(errno) => {
                     if let Some(step) = self.on_error(SendPath::Sendfile, errno) {
                         return step;
@@ -206,11 +209,13 @@ impl Cursor<'_> {
                         written += n;
                         self.advance(n);
                     }
-                    Err(errno) => {
-                        if let Some(step) = self.on_error(SendPath::ReadWrite, errno) {
-                            return step;
-                        }
-                    }
+                    Err(errno) => match self.on_error(SendPath::ReadWrite, errno) {
+                        None => {}
+                        // The last path has no next one to pass to (an O_DIRECT
+                        // destination refuses an unaligned write with EINVAL).
+                        Some(Step::Unsupported) => return self.fail(SendPath::ReadWrite, errno),
+                        Some(step) => return step,
+                    },
                 }
             }
         }
