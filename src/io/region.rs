@@ -264,6 +264,22 @@ impl RegionTicket {
     }
 }
 
+impl Lender {
+    /// A region of this lender's file with a new loan: `LentRegion::new(self.loan()?,
+    /// offset, len)`.
+    pub fn region(&self, offset: u64, len: u64) -> Result<LentRegion, RegionError> {
+        validate(offset, len)?;
+        LentRegion::new(self.loan()?, offset, len)
+    }
+}
+
+impl Ticket {
+    /// The same file's range as a ticket that holds nothing open until pinned.
+    pub fn region(self, offset: u64, len: u64) -> Result<RegionTicket, RegionError> {
+        RegionTicket::new(self, offset, len)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,21 +309,5 @@ mod tests {
         );
         assert!(validate(MAX_END - 1, 1).is_ok());
         assert!(validate(MAX_END, 1).is_err());
-    }
-}
-
-impl Lender {
-    /// A region of this lender's file with a new loan: `LentRegion::new(self.loan()?,
-    /// offset, len)`.
-    pub fn region(&self, offset: u64, len: u64) -> Result<LentRegion, RegionError> {
-        validate(offset, len)?;
-        LentRegion::new(self.loan()?, offset, len)
-    }
-}
-
-impl Ticket {
-    /// The same file's range as a ticket that holds nothing open until pinned.
-    pub fn region(self, offset: u64, len: u64) -> Result<RegionTicket, RegionError> {
-        RegionTicket::new(self, offset, len)
     }
 }
