@@ -6,6 +6,7 @@ use super::direct::{is_direct, DirectAlignment};
 use super::error::{Misaligned, RegionError};
 use super::region::LentRegion;
 use nix::errno::Errno;
+use std::cell::Cell;
 use std::os::fd::{AsFd, BorrowedFd};
 
 /// The most a widened O_DIRECT read bounces at once (a multiple of every alignment).
@@ -69,12 +70,46 @@ fn read_widened(fd: BorrowedFd<'_>, buf: &mut [u8], pos: u64) -> Result<usize, R
     let wanted_end = pos + buf.len() as u64;
     let span = wanted_end.div_ceil(unit) * unit - pos / unit * unit;
     let bounce_len = span.min(BOUNCE_MAX.max(unit));
-    let mut bounce = AlignedBuf::new(bounce_len as usize, align.buffer_align()).ok_or(
-        RegionError::Overflow {
-            offset: pos,
-            len: buf.len() as u64,
-        },
-    )?;
+    with_bounce(bounce_len as usize, align.buffer_align(), |bounce| {
+        copy_widened(fd, buf, pos, unit, bounce_len, bounce)
+    })
+    .ok_or(RegionError::Overflow {
+        offset: pos,
+        len: buf.len() as u64,
+    })?
+}
+
+thread_local! {
+    /// Each thread's bounce buffer, kept between widened reads: a fresh zeroed
+    /// allocation of up to `BOUNCE_MAX` per read costs page faults comparable to the
+    /// disk read itself. One buffer per thread that ever widened a read.
+    static BOUNCE: Cell<Option<AlignedBuf>> = const { Cell::new(None) };
+}
+
+/// Runs `f` on a bounce buffer of at least `len` bytes aligned to `align` (a power
+/// of two), reusing this thread's; `None` if one cannot be allocated.
+fn with_bounce<R>(len: usize, align: usize, f: impl FnOnce(&mut [u8]) -> R) -> Option<R> {
+    // Taken out of the cell while in use, so a nested call simply allocates its own.
+    let mut bounce = match BOUNCE.take() {
+        Some(kept) if kept.len() >= len && kept.align() >= align => kept,
+        _ => AlignedBuf::new(len, align)?,
+    };
+    let result = f(&mut bounce);
+    BOUNCE.set(Some(bounce));
+    Some(result)
+}
+
+/// The loop of [`read_widened`]: aligned reads of at most `bounce_len` into `bounce`,
+/// copying the asked bytes out to `buf`.
+fn copy_widened(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    pos: u64,
+    unit: u64,
+    bounce_len: u64,
+    bounce: &mut [u8],
+) -> Result<usize, RegionError> {
+    let wanted_end = pos + buf.len() as u64;
     let mut done = 0;
     while done < buf.len() {
         let want = pos + done as u64;
