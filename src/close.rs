@@ -207,26 +207,51 @@ impl std::fmt::Debug for Closing {
 /// if they are already back): the fd is never leaked.
 #[must_use = "futures do nothing unless polled; dropping it defers the close"]
 pub struct Reclaim {
-    fd: RawFd,
-    signal: Option<Arc<CloseSignal>>,
+    state: ReclaimState,
+}
+
+enum ReclaimState {
+    /// Loans are out; `signal` (`Closer::Owner`) says when they are back, and then
+    /// `fd` is ours.
+    Waiting { fd: RawFd, signal: Arc<CloseSignal> },
+    /// Nothing was lent: the fd is ours already.
+    Ready(OwnedFd),
+    /// Handed out.
+    Done,
 }
 
 impl Reclaim {
-    /// Waits on `signal` (which must be `Closer::Owner`); `None` when the fd is
-    /// already the caller's.
-    pub(crate) fn new(fd: RawFd, signal: Option<Arc<CloseSignal>>) -> Reclaim {
-        Reclaim { fd, signal }
+    /// Waits on `signal`, which must be `Closer::Owner`, for `fd`.
+    pub(crate) fn waiting(fd: RawFd, signal: Arc<CloseSignal>) -> Reclaim {
+        Reclaim {
+            state: ReclaimState::Waiting { fd, signal },
+        }
+    }
+
+    /// Already resolved: nothing was lent.
+    pub(crate) fn ready(fd: OwnedFd) -> Reclaim {
+        Reclaim {
+            state: ReclaimState::Ready(fd),
+        }
+    }
+
+    /// Takes the fd once its loans are back (the caller checked `signal`).
+    fn take(&mut self) -> OwnedFd {
+        match std::mem::replace(&mut self.state, ReclaimState::Done) {
+            // SAFETY: drained with `Closer::Owner`, so the drainer left the fd to this
+            // owner alone; `Done` keeps it from being handed out or closed twice.
+            ReclaimState::Waiting { fd, .. } => unsafe { OwnedFd::from_raw_fd(fd) },
+            ReclaimState::Ready(fd) => fd,
+            ReclaimState::Done => panic!("Reclaim polled after completion"),
+        }
     }
 
     /// Blocks until every loan is back; the fd.
     pub(crate) fn wait(mut self) -> OwnedFd {
-        if let Some(signal) = self.signal.take() {
+        if let ReclaimState::Waiting { signal, .. } = &self.state {
             signal.wait_until(is_drained);
         }
-        let fd = std::mem::replace(&mut self.fd, -1);
-        // SAFETY: drained with `Closer::Owner` (or retired): the fd is ours alone;
-        // `signal = None` and `fd = -1` keep `Drop` from closing it too.
-        unsafe { OwnedFd::from_raw_fd(fd) }
+        self.take()
     }
 }
 
@@ -234,41 +259,34 @@ impl Future for Reclaim {
     type Output = OwnedFd;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<OwnedFd> {
-        if let Some(signal) = &self.signal {
+        if let ReclaimState::Waiting { signal, .. } = &self.state {
             if signal.poll_until(cx, is_drained).is_pending() {
                 return Poll::Pending;
             }
-            self.signal = None;
-        } else if self.fd < 0 {
-            panic!("Reclaim polled after completion");
         }
-        let fd = std::mem::replace(&mut self.fd, -1);
-        // SAFETY: drained with `Closer::Owner` (or retired): the fd is ours alone;
-        // `fd = -1` above marks it handed out, so it is never handed out twice.
-        Poll::Ready(unsafe { OwnedFd::from_raw_fd(fd) })
+        Poll::Ready(self.take())
     }
 }
 
 impl Drop for Reclaim {
     fn drop(&mut self) {
-        if let Some(signal) = &self.signal {
+        // A `Ready` fd closes with its `OwnedFd`; a waiting one is handed to the last
+        // loan, or closed here if the loans are already back.
+        if let ReclaimState::Waiting { fd, signal } = &self.state {
             if signal.abandon() {
                 // SAFETY: drained with `Closer::Owner` and never handed out, so the
                 // close is still this owner's, once.
-                let _ = unsafe { fd::close(self.fd) };
+                let _ = unsafe { fd::close(*fd) };
             }
-        } else if self.fd >= 0 {
-            // Built ready and dropped unpolled: the fd is ours to close.
-            // SAFETY: as above; `signal` is `None` only when the fd was retired to us.
-            let _ = unsafe { fd::close(self.fd) };
         }
     }
 }
 
 impl std::fmt::Debug for Reclaim {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let waiting = matches!(self.state, ReclaimState::Waiting { .. });
         f.debug_struct("Reclaim")
-            .field("fd", &self.fd)
+            .field("waiting", &waiting)
             .finish_non_exhaustive()
     }
 }

@@ -176,13 +176,14 @@ impl Lender {
     /// (new loans and pins are refused meanwhile; tickets turn stale). For owners
     /// whose fd must be closed by something else, such as a runtime's file type.
     pub fn reclaim(self) -> Reclaim {
-        match retire(self.take_owner()) {
-            Ok(fd) => Reclaim::new(fd, None),
-            Err(owner) => {
+        match self.into_owned_fd() {
+            Ok(fd) => Reclaim::ready(fd),
+            Err(lender) => {
+                let owner = lender.take_owner();
                 let fd = owner.fd;
                 let signal = CloseSignal::new(Closer::Owner);
                 begin_close(owner, Some(Arc::clone(&signal)));
-                Reclaim::new(fd, Some(signal))
+                Reclaim::waiting(fd, signal)
             }
         }
     }
