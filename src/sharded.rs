@@ -112,7 +112,7 @@ unsafe fn release(family: NonNull<Family>) {
     }
     // AcqRel: Release for this reference's uses, as above; Acquire if this is the last
     // one, pairing with every other decrement and with the switch's fold.
-    if shared.central.0.fetch_sub(1, Ordering::AcqRel) == 1 {
+    if shared.central.0.fetch_sub(1, CENTRAL_RELEASE_ORDERING) == 1 {
         // SAFETY: the central count reached zero after the switch (before it, `BIAS`
         // keeps it positive): no reference is left, and only the operation that
         // reached zero gets here.
@@ -167,6 +167,15 @@ const KILL_ORDERING: Ordering = Ordering::Acquire;
 /// model `uses_before_a_sharded_release_happen_before_the_close` must fail with it.
 #[cfg(fdlend_broken_sharded)]
 const KILL_ORDERING: Ordering = Ordering::Relaxed;
+
+#[cfg(not(fdlend_broken_sharded_release))]
+const CENTRAL_RELEASE_ORDERING: Ordering = Ordering::AcqRel;
+/// The deliberately broken build: the decrement that ends the family does not acquire
+/// the other decrements (nor the fold), so another loan's last use of the fd is not
+/// ordered before the close. The loom model
+/// `uses_before_every_central_release_happen_before_the_close` must fail with it.
+#[cfg(fdlend_broken_sharded_release)]
+const CENTRAL_RELEASE_ORDERING: Ordering = Ordering::Release;
 
 #[cfg(not(loom))]
 fn shard_hint() -> usize {

@@ -4,8 +4,12 @@
 //! shard 1), so a loan taken on one shard and dropped on another is the normal case
 //! here, as it is in a server.
 //!
-//! The `cfg(fdlend_broken_sharded)` build makes the switch's swap of each shard
-//! Relaxed; `uses_before_a_sharded_release_happen_before_the_close` must fail with it.
+//! Two deliberately broken builds must each fail one model:
+//! - `cfg(fdlend_broken_sharded)` makes the switch's swap of each shard Relaxed;
+//!   `uses_before_a_sharded_release_happen_before_the_close` must fail with it;
+//! - `cfg(fdlend_broken_sharded_release)` weakens the central decrement from AcqRel
+//!   to Release; `uses_before_every_central_release_happen_before_the_close` must
+//!   fail with it (and with the first one too).
 #![cfg(loom)]
 
 use fdlend::{ShardedLender, SharedLoan};
@@ -133,6 +137,53 @@ fn uses_before_a_sharded_release_happen_before_the_close() {
             })
         };
         sharded.close_wait().expect("close(2) of the lent fd");
+        // SAFETY (of the model): the close finished, so the holder's loan is back and
+        // its write is over; loom checks exactly that claim.
+        let seen = last_use.with(|byte| unsafe { *byte });
+        assert_eq!(seen, b'h');
+        assert_eq!(witness.drain(), (b"h".to_vec(), true));
+        witness.assert_released();
+        holder.join().unwrap();
+    });
+}
+
+/// The decrement that takes the central count to zero must acquire every earlier
+/// decrement: the owner returns its own loan after the switch, and when the holder's
+/// loan went back to the central count first, the owner's decrement ends the family
+/// (and so the close) on the owner's thread, which must then see the holder's uses.
+/// (With one holder and no loan of the owner's, the last central decrement is always
+/// the holder's own, whose uses come before it in program order: that model cannot
+/// see this ordering.) When the holder returns before the switch instead, the fold
+/// carries its release to the central count, so a Relaxed kill swap
+/// (`fdlend_broken_sharded`) fails this model too.
+#[test]
+#[cfg_attr(
+    any(fdlend_broken_sharded_release, fdlend_broken_sharded),
+    should_panic(expected = "Causality violation: Concurrent read and write accesses.")
+)]
+fn uses_before_every_central_release_happen_before_the_close() {
+    model(|| {
+        let (witness, write) = pipe();
+        let sharded = ShardedLender::new(write).unwrap();
+        let last_use = Arc::new(UnsafeCell::new(0_u8));
+        let loan = sharded.loan();
+        let own = sharded.loan();
+        let holder = {
+            let last_use = Arc::clone(&last_use);
+            thread::spawn(move || {
+                write_through(&loan, b"h");
+                // SAFETY (of the model, not of fdlend): nothing else touches the cell
+                // until the owner's close has finished, which needs this loan back.
+                last_use.with_mut(|byte| unsafe { *byte = b'h' });
+                // A shard-mode release before the switch, a central one after it.
+                drop(loan);
+            })
+        };
+        let lender = sharded.into_lender();
+        // After the switch: a central decrement, the last one if the holder's came
+        // first.
+        drop(own);
+        lender.close_wait().expect("close(2) of the lent fd");
         // SAFETY (of the model): the close finished, so the holder's loan is back and
         // its write is over; loom checks exactly that claim.
         let seen = last_use.with(|byte| unsafe { *byte });
