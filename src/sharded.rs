@@ -177,12 +177,27 @@ const CENTRAL_RELEASE_ORDERING: Ordering = Ordering::AcqRel;
 #[cfg(fdlend_broken_sharded_release)]
 const CENTRAL_RELEASE_ORDERING: Ordering = Ordering::Release;
 
-#[cfg(not(loom))]
+#[cfg(not(any(loom, miri)))]
 fn shard_hint() -> usize {
     // SAFETY: `sched_getcpu` only reads the calling thread's CPU number (glibc serves
     // it from rseq or the vDSO); -1 on failure just picks the last shard.
     let cpu = unsafe { libc::sched_getcpu() };
     cpu as usize
+}
+
+/// Miri cannot call `sched_getcpu` (a foreign function): each thread gets the next
+/// number of a global tally the first time it asks, so threads started one after
+/// another land on different shards, and a loan cloned on one thread and dropped on
+/// another crosses shards, as it does between CPUs.
+#[cfg(all(miri, not(loom)))]
+fn shard_hint() -> usize {
+    use std::sync::atomic::AtomicUsize;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        // Relaxed: any distinct numbers will do; nothing else is published with them.
+        static HINT: usize = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    HINT.with(|hint| *hint)
 }
 
 /// Loom has no CPUs: each model thread gets the shard of its thread number, so a

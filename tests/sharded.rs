@@ -3,23 +3,41 @@
 //! exactly once, when the last of them (or the last core loan) is gone.
 //!
 //! Tests here are serialised: they count the process's fds and recycle fd numbers.
+//!
+//! They run under Miri too (scripts/check's miri stage), where `sharded.rs` spreads
+//! threads over shards by a per-thread number instead of `sched_getcpu`; there the
+//! lent files are disk files (Miri has no `memfd_create`) and the loops are shorter.
 
 mod common;
 
 use common::{
-    assert_not_closed_again, identity, join, memfd_with, open_fd_count, pattern, pipe, pread_exact,
-    read_pipe, serial, write_end, write_through, WriteEnd,
+    assert_not_closed_again, identity, join, open_fd_count, pattern, pipe, pread_exact, read_pipe,
+    serial, write_end, write_through, WriteEnd,
 };
 use fdlend::{LendError, ShardedLender, SharedLoan};
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::{mpsc, Barrier};
 use std::thread;
 
+/// A file holding `content`: a memfd, or under Miri (which cannot create one) a disk
+/// file.
+fn file_with(content: &[u8]) -> std::fs::File {
+    if cfg!(miri) {
+        common::disk_file_with(content)
+    } else {
+        common::memfd_with(content)
+    }
+}
+
+/// Clone-read-drop rounds per reader thread: enough for real CPUs to migrate threads
+/// between shards mid-loop; under Miri, enough to interleave the threads' shards.
+const ROUNDS: usize = if cfg!(miri) { 20 } else { 2_000 };
+
 #[test]
 fn shared_loans_read_the_file_from_many_threads_and_close_it_once() {
     let _serial = serial();
     let content = pattern(11, 64 * 1024);
-    let file = memfd_with(&content);
+    let file = file_with(&content);
     let file_id = identity(&file);
     let sharded = ShardedLender::try_from(file).unwrap();
     let number = sharded.as_raw_fd();
@@ -32,7 +50,7 @@ fn shared_loans_read_the_file_from_many_threads_and_close_it_once() {
             let start = std::sync::Arc::clone(&start);
             thread::spawn(move || {
                 start.wait();
-                for round in 0..2_000 {
+                for round in 0..ROUNDS {
                     // Clones land on whatever CPU this thread is on now; they must
                     // balance out with the drops wherever those land.
                     let clone = loan.clone();
@@ -120,9 +138,13 @@ fn eof_arrives_when_the_last_shared_loan_drops_on_another_thread() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "a scale test: minutes under Miri, which has no memfd_create either"
+)]
 fn two_hundred_thousand_shared_loans_add_no_fds() {
     let _serial = serial();
-    let file = memfd_with(&pattern(3, 4096));
+    let file = common::memfd_with(&pattern(3, 4096));
     let before = open_fd_count();
     let sharded = ShardedLender::try_from(file).unwrap();
     let loan = sharded.loan();
