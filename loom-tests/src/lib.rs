@@ -7,6 +7,11 @@
 //! # The deliberately broken drain ordering: passes only if loom catches it.
 //! RUSTFLAGS="--cfg loom --cfg fdlend_broken_ordering" LOOM_MAX_PREEMPTIONS=4 \
 //!     cargo test --release --target-dir target-loom-broken -p fdlend-loom-tests broken_ordering
+//! # The sharded central decrement weakened to Release: passes only if loom catches it
+//! # (`scripts/check loom` runs every broken build).
+//! RUSTFLAGS="--cfg loom --cfg fdlend_broken_sharded_release" LOOM_MAX_PREEMPTIONS=4 \
+//!     cargo test --release --target-dir target-loom-broken-sharded-release \
+//!     -p fdlend-loom-tests --test sharded uses_before_every_central_release
 //! ```
 //!
 //! This library holds what every model needs to look at the world rather than at
