@@ -55,7 +55,11 @@ fn a_dropped_reclaim_drops_a_waker_owning_the_last_loan_without_deadlock() {
         let mut reclaim = lender.reclaim();
         assert!(poll_with(&mut reclaim, &waker).is_pending());
         drop(waker);
-        assert_eq!(write_end(&read), WriteEnd::Open, "the stored waker holds the loan");
+        assert_eq!(
+            write_end(&read),
+            WriteEnd::Open,
+            "the stored waker holds the loan"
+        );
         // The drop hands the close to the last loan, which is the waker's: it drains
         // (and closes) while the Reclaim gives up its waker.
         drop(reclaim);
@@ -125,7 +129,11 @@ fn closing_wait_on_the_owners_thread_with_local_loans_is_refused_and_closes_late
     write_through(&local, b"l");
     assert_eq!(write_end(&read), WriteEnd::Open);
     drop(local);
-    assert_eq!(write_end(&read), WriteEnd::Closed, "the local loan closed it");
+    assert_eq!(
+        write_end(&read),
+        WriteEnd::Closed,
+        "the local loan closed it"
+    );
 }
 
 #[test]
@@ -151,7 +159,11 @@ fn close_async_on_the_owners_thread_with_local_loans_is_refused() {
     assert_eq!(LendError::from_io(&error), Some(own_loans_error(fd)));
     assert_eq!(write_end(&read), WriteEnd::Open);
     drop(local);
-    assert_eq!(write_end(&read), WriteEnd::Closed, "handed to the local loan");
+    assert_eq!(
+        write_end(&read),
+        WriteEnd::Closed,
+        "handed to the local loan"
+    );
 }
 
 #[test]
@@ -161,7 +173,11 @@ fn reclaim_on_the_owners_thread_with_local_loans_is_refused() {
     let error = Parker::new().block_on(lender.reclaim()).unwrap_err();
     assert_eq!(error, own_loans_error(fd));
     drop(local);
-    assert_eq!(write_end(&read), WriteEnd::Closed, "handed to the local loan");
+    assert_eq!(
+        write_end(&read),
+        WriteEnd::Closed,
+        "handed to the local loan"
+    );
 }
 
 #[test]
