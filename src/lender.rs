@@ -105,12 +105,7 @@ impl Lender {
     /// or unlent token with a typed error.
     #[inline]
     pub fn lend_raw(&self) -> Result<RawLoan, LendError> {
-        self.loan()?
-            .into_raw()
-            .map_err(|loan| LendError::Saturated {
-                fd: loan.as_raw_fd(),
-                limit: self.max_loans(),
-            })
+        RawLoan::lend(self.owner().record)
     }
 
     /// This file's incarnation; record it beside raw tokens to check them later with

@@ -309,6 +309,31 @@ impl Liveness {
         );
     }
 
+    /// One more reference by a holder of one, counted as a raw token (`lend_raw`,
+    /// `lend_fd`): one `fetch_add` of both units.
+    #[inline]
+    pub(crate) fn acquire_held_raw(&self, admit_below: u64) -> Result<(), Refusal> {
+        // Relaxed: as in `acquire_held`.
+        let old = self.word.fetch_add(1 + RAW_ONE, Ordering::Relaxed);
+        if old & (COUNT_MASK | ORPHANED | REVOKED) < admit_below && Word(old).raw() < RAW_LIMIT {
+            return Ok(());
+        }
+        self.acquire_held_raw_slow(Word(old), admit_below)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn acquire_held_raw_slow(&self, old: Word, admit_below: u64) -> Result<(), Refusal> {
+        let refusal = match old.state() {
+            State::Revoked | State::Dead => Refusal::Not(old.state()),
+            _ if old.loans() < admit_below - 1 && old.raw() < RAW_LIMIT => return Ok(()),
+            _ => Refusal::Saturated,
+        };
+        // Relaxed: as in `acquire_held_slow`.
+        self.word.fetch_sub(1 + RAW_ONE, Ordering::Relaxed);
+        Err(refusal)
+    }
+
     /// One more raw token by a holder of a reference: the reference becomes the
     /// token's (`Loan::into_raw`).
     pub(crate) fn mark_raw(&self) -> Result<(), Refusal> {
@@ -333,6 +358,7 @@ impl Liveness {
 
     /// Gives a raw token's reference back, if a raw token is outstanding: a double
     /// return can then take another raw token's count, never a loan's or the owner's.
+    #[inline]
     pub(crate) fn release_raw(&self) -> Result<Released, Refusal> {
         self.check_raw()?;
         // Release: as in `release`.
@@ -346,6 +372,7 @@ impl Liveness {
     /// The check before a raw give-back: a raw token is outstanding on a live word.
     /// A correct caller holds one, so the word cannot change under it; a caller
     /// racing a double return of the same token is outside the contract.
+    #[inline]
     fn check_raw(&self) -> Result<(), Refusal> {
         let word = Word(self.word.load(Ordering::Relaxed));
         match word.state() {

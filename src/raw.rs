@@ -13,7 +13,7 @@
 
 use crate::error::LendError;
 use crate::fd;
-use crate::liveness::{Refusal, State};
+use crate::liveness::{Refusal, Released, State};
 use crate::loan::{gone, refusal_to_error, Epoch, Loan};
 use crate::record::Record;
 use crate::table;
@@ -30,6 +30,19 @@ pub struct RawLoan {
 }
 
 impl RawLoan {
+    /// One more reference to `record`'s file, by its owner, as a raw token.
+    #[inline]
+    pub(crate) fn lend(record: &'static Record) -> Result<RawLoan, LendError> {
+        match record.liveness.acquire_held_raw(record.admit_below()) {
+            Ok(()) => Ok(RawLoan {
+                record,
+                fd: record.fd(),
+                epoch: record.incarnation(),
+            }),
+            Err(refusal) => Err(refusal_to_error(record.fd(), refusal, record)),
+        }
+    }
+
     /// The fd number.
     pub fn fd(&self) -> RawFd {
         self.fd
@@ -126,6 +139,7 @@ impl Loan {
 /// # Safety
 /// - `token`'s count has not been given back yet (see [`Loan::from_raw`]).
 /// - Nothing uses `token.borrow()` after this call.
+#[inline]
 pub unsafe fn return_raw(token: RawLoan) -> Result<(), LendError> {
     token.check()?;
     release_raw(token.fd, token.record)
@@ -145,6 +159,7 @@ pub unsafe fn return_raw(token: RawLoan) -> Result<(), LendError> {
 ///   number's current file would get the return instead (record
 ///   [`Lender::epoch`](crate::Lender::epoch) and check [`is_current`](crate::is_current)
 ///   when that can happen, or use [`RawLoan`], which checks it for you).
+#[inline]
 pub unsafe fn return_fd(token: BorrowedFd<'static>) -> Result<(), LendError> {
     let fd = token.as_raw_fd();
     let record = table::global()
@@ -153,8 +168,10 @@ pub unsafe fn return_fd(token: BorrowedFd<'static>) -> Result<(), LendError> {
     release_raw(fd, record)
 }
 
+#[inline]
 fn release_raw(fd: RawFd, record: &'static Record) -> Result<(), LendError> {
     match record.liveness.release_raw() {
+        Ok(Released::Kept) => Ok(()),
         Ok(released) => {
             record.finish(released);
             Ok(())
@@ -163,6 +180,7 @@ fn release_raw(fd: RawFd, record: &'static Record) -> Result<(), LendError> {
     }
 }
 
+#[cold]
 fn raw_refusal(fd: RawFd, refusal: Refusal, record: &Record) -> LendError {
     match refusal {
         Refusal::Not(State::Dead) => LendError::NotLent { fd },
