@@ -2,11 +2,16 @@
 //! owner waits for that (blocking, as a future, or by a handle it checks later).
 //!
 //! The liveness word decides *when* (the release that drains the count); this module
-//! decides *who*. A [`CloseSignal`] is stored in the fd's slot before the word turns
-//! `Closing`, so the drainer always finds it.
+//! decides *who*. A [`CloseSignal`] is left in the file's record before the owner
+//! gives up its reference, so the drainer always finds it.
+//!
+//! No lock here is held while a `Waker` or anything else that can run user code is
+//! dropped or woken: a waker may own the last loan, whose drop drains the file and
+//! comes back here for the same lock.
 
+use crate::error::LendError;
 use crate::fd;
-use crate::sync::{lock, Arc, Condvar, Mutex};
+use crate::sync::{current_thread, lock, Arc, Condvar, Mutex, ThreadId};
 use nix::errno::Errno;
 use std::future::Future;
 use std::io;
@@ -34,24 +39,52 @@ struct Progress {
     closer: Closer,
     stage: Stage,
     waker: Option<Waker>,
+    /// The owner's thread while local loans there still hold the owner's reference:
+    /// waiting on that thread could never end.
+    owner_thread: Option<ThreadId>,
 }
 
-/// Shared between the owner and the slot of one closing fd.
+/// Shared between the owner and the record of one closing fd.
 pub(crate) struct CloseSignal {
     progress: Mutex<Progress>,
     changed: Condvar,
+    fd: RawFd,
+    /// Local loans alive when the close began, for the error that says so.
+    local_loans: usize,
 }
 
 impl CloseSignal {
-    pub(crate) fn new(closer: Closer) -> Arc<CloseSignal> {
+    /// A signal for closing `fd`; `local_loans` of the owner's are alive on this
+    /// thread (so waiting here for the drain would never end while they are).
+    pub(crate) fn new(closer: Closer, fd: RawFd, local_loans: usize) -> Arc<CloseSignal> {
         Arc::new(CloseSignal {
             progress: Mutex::new(Progress {
                 closer,
                 stage: Stage::Lent,
                 waker: None,
+                owner_thread: (local_loans > 0).then(current_thread),
             }),
             changed: Condvar::new(),
+            fd,
+            local_loans,
         })
+    }
+
+    /// The owner's reference is gone (its last local loan was dropped): any thread
+    /// may wait for the drain now.
+    pub(crate) fn owner_released(&self) {
+        lock(&self.progress).owner_thread = None;
+    }
+
+    /// Whether waiting in `progress` on this thread could never end.
+    fn waits_on_own_loans(&self, progress: &Progress) -> Result<(), LendError> {
+        if progress.stage == Stage::Lent && progress.owner_thread == Some(current_thread()) {
+            return Err(LendError::LocalLoansOutstanding {
+                fd: self.fd,
+                count: self.local_loans,
+            });
+        }
+        Ok(())
     }
 
     /// Called exactly once per incarnation, by the release that drained its count.
@@ -59,7 +92,7 @@ impl CloseSignal {
         let waker = {
             let mut progress = lock(&self.progress);
             progress.stage = match progress.closer {
-                // SAFETY: the drain freed the slot, so this thread alone owns `fd`.
+                // SAFETY: the drain killed the record's word, so this thread alone owns `fd`.
                 Closer::LastLoan => Stage::Closed(unsafe { fd::close(fd) }),
                 Closer::Owner => Stage::Drained,
             };
@@ -71,40 +104,54 @@ impl CloseSignal {
         }
     }
 
-    /// Blocks until `done` holds for the stage.
-    fn wait_until(&self, done: impl Fn(Stage) -> bool) -> Stage {
+    /// Blocks until `done` holds for the stage; refuses on the owner's thread while
+    /// its local loans are alive, since they could never return meanwhile.
+    fn wait_until(&self, done: impl Fn(Stage) -> bool) -> Result<Stage, LendError> {
         let mut progress = lock(&self.progress);
         while !done(progress.stage) {
+            self.waits_on_own_loans(&progress)?;
             progress = self
                 .changed
                 .wait(progress)
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
         }
-        progress.stage
+        Ok(progress.stage)
     }
 
-    fn poll_until(&self, cx: &mut Context<'_>, done: impl Fn(Stage) -> bool) -> Poll<Stage> {
-        let mut progress = lock(&self.progress);
-        if done(progress.stage) {
-            return Poll::Ready(progress.stage);
-        }
-        if !progress
-            .waker
-            .as_ref()
-            .is_some_and(|waker| waker.will_wake(cx.waker()))
-        {
-            progress.waker = Some(cx.waker().clone());
-        }
+    fn poll_until(
+        &self,
+        cx: &mut Context<'_>,
+        done: impl Fn(Stage) -> bool,
+    ) -> Poll<Result<Stage, LendError>> {
+        let replaced = {
+            let mut progress = lock(&self.progress);
+            if done(progress.stage) {
+                return Poll::Ready(Ok(progress.stage));
+            }
+            if let Err(error) = self.waits_on_own_loans(&progress) {
+                return Poll::Ready(Err(error));
+            }
+            match &progress.waker {
+                Some(waker) if waker.will_wake(cx.waker()) => None,
+                _ => progress.waker.replace(cx.waker().clone()),
+            }
+        };
+        // Dropped unlocked: the old waker may own the last loan (see module docs).
+        drop(replaced);
         Poll::Pending
     }
 
     /// The owner stops waiting. Returns true when the loans have already drained, so
     /// the owner must close now; otherwise the last loan will.
     fn abandon(&self) -> bool {
-        let mut progress = lock(&self.progress);
-        progress.closer = Closer::LastLoan;
-        progress.waker = None;
-        progress.stage == Stage::Drained
+        let (drained, waker) = {
+            let mut progress = lock(&self.progress);
+            progress.closer = Closer::LastLoan;
+            (progress.stage == Stage::Drained, progress.waker.take())
+        };
+        // Dropped unlocked: the waker may own the last loan (see module docs).
+        drop(waker);
+        drained
     }
 }
 
@@ -172,10 +219,16 @@ impl Closing {
     }
 
     /// Blocks until the last loan has returned and closed the fd; its result.
+    ///
+    /// On the owner's thread while its local loans are alive this would never end:
+    /// it returns `LendError::LocalLoansOutstanding` (as an `io::Error`, see
+    /// [`LendError::from_io`]) at once instead, and the last local loan closes. A
+    /// thread that waits while it holds a [`Loan`](crate::Loan) of the file itself
+    /// cannot finish either; fdlend cannot see that one.
     pub fn wait(self) -> io::Result<()> {
         match self.inner {
             ClosingInner::Done(result) => to_io(result),
-            ClosingInner::Pending(signal) => outcome(signal.wait_until(is_closed)),
+            ClosingInner::Pending(signal) => outcome(signal.wait_until(is_closed)?),
         }
     }
 }
@@ -186,7 +239,9 @@ impl Future for Closing {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &self.inner {
             ClosingInner::Done(result) => Poll::Ready(to_io(*result)),
-            ClosingInner::Pending(signal) => signal.poll_until(cx, is_closed).map(outcome),
+            ClosingInner::Pending(signal) => signal
+                .poll_until(cx, is_closed)
+                .map(|stage| outcome(stage?)),
         }
     }
 }
@@ -202,6 +257,10 @@ impl std::fmt::Debug for Closing {
 /// [`Lender::reclaim`](crate::Lender::reclaim): resolves to the fd itself, unclosed,
 /// once every loan is back; woken by the thread that returns the last one, whatever
 /// runtime (if any) polls it.
+///
+/// Polled (or waited for) on the owner's thread while its local loans are alive, it
+/// resolves to `LendError::LocalLoansOutstanding` instead of never: the close is
+/// then handed to the last local loan.
 ///
 /// Dropped before it resolves, it hands the close to the last loan (or closes at once
 /// if they are already back): the fd is never leaked.
@@ -247,24 +306,37 @@ impl Reclaim {
     }
 
     /// Blocks until every loan is back; the fd.
-    pub(crate) fn wait(mut self) -> OwnedFd {
+    pub(crate) fn wait(mut self) -> Result<OwnedFd, LendError> {
         if let ReclaimState::Waiting { signal, .. } = &self.state {
-            signal.wait_until(is_drained);
+            // On an error, dropping `self` hands the close to the last local loan.
+            signal.wait_until(is_drained)?;
         }
-        self.take()
+        Ok(self.take())
     }
 }
 
 impl Future for Reclaim {
-    type Output = OwnedFd;
+    type Output = Result<OwnedFd, LendError>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<OwnedFd> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         if let ReclaimState::Waiting { signal, .. } = &self.state {
-            if signal.poll_until(cx, is_drained).is_pending() {
-                return Poll::Pending;
+            match signal.poll_until(cx, is_drained) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(error)) => {
+                    if let ReclaimState::Waiting { signal, .. } =
+                        std::mem::replace(&mut self.state, ReclaimState::Done)
+                    {
+                        // Not drained (that would have been Ok), so the last local loan
+                        // closes from now on.
+                        let drained = signal.abandon();
+                        debug_assert!(!drained, "refused only while lent");
+                    }
+                    return Poll::Ready(Err(error));
+                }
+                Poll::Ready(Ok(_)) => {}
             }
         }
-        Poll::Ready(self.take())
+        Poll::Ready(Ok(self.take()))
     }
 }
 
@@ -310,7 +382,9 @@ impl Future for CloseFuture {
     type Output = io::Result<()>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.reclaim).poll(cx).map(close_owned)
+        Pin::new(&mut self.reclaim)
+            .poll(cx)
+            .map(|fd| close_owned(fd?))
     }
 }
 
@@ -322,13 +396,13 @@ pub(crate) fn close_owned(fd: OwnedFd) -> io::Result<()> {
 }
 
 /// Finishes the close of an incarnation whose count just drained: called exactly
-/// once, by whoever drained it (see `Liveness::release`).
-pub(crate) fn finish_drained(slot: &crate::table::Slot, fd: RawFd) {
-    let signal = lock(&slot.signal).take();
+/// once, by whoever drained it (see `Liveness::release`), with the signal the owner
+/// left, if any.
+pub(crate) fn finish_drained(signal: Option<Arc<CloseSignal>>, fd: RawFd) {
     match signal {
         Some(signal) => signal.drained(fd),
         // A plain drop of the owner left no one to tell: close here.
-        // SAFETY: the drain freed the slot, so this thread alone owns `fd`.
+        // SAFETY: the drain killed the record's word, so this thread alone owns `fd`.
         None => drop(unsafe { fd::close(fd) }),
     }
 }

@@ -54,15 +54,46 @@ pub enum LendError {
         /// The fd number returned.
         fd: RawFd,
     },
-    /// `close_wait` was called while `LocalLoan`s of this lender are alive on the
-    /// owner's thread: waiting would never end, so the close was deferred to the last
-    /// of them instead.
+    /// A wait for the close (`close_wait`, `Closing::wait`, awaiting `Closing`,
+    /// `close_async`, `reclaim`) ran on the owner's thread while `LocalLoan`s of this
+    /// lender are alive there: waiting would never end, so the close was handed to
+    /// the last of them instead.
     LocalLoansOutstanding {
         /// The fd whose close was deferred.
         fd: RawFd,
-        /// How many local loans were alive.
+        /// How many local loans were alive when the close began.
         count: usize,
     },
+    /// The fd number has been registered 2^64 times; it cannot get a new
+    /// incarnation without reusing one, so it is not lent again.
+    Exhausted {
+        /// The fd number.
+        fd: RawFd,
+    },
+}
+
+impl LendError {
+    /// The `LendError` inside an `io::Error` that fdlend made from one (as
+    /// `close_wait` and `Closing::wait` return), if it is one.
+    pub fn from_io(error: &std::io::Error) -> Option<LendError> {
+        error.get_ref()?.downcast_ref::<LendError>().copied()
+    }
+
+    /// The fd number the error is about.
+    pub fn fd(&self) -> RawFd {
+        match *self {
+            LendError::Closed { fd }
+            | LendError::Closing { fd }
+            | LendError::Stale { fd }
+            | LendError::Saturated { fd, .. }
+            | LendError::SlotLive { fd }
+            | LendError::InvalidFd { fd }
+            | LendError::OutOfRange { fd, .. }
+            | LendError::NotLent { fd }
+            | LendError::LocalLoansOutstanding { fd, .. }
+            | LendError::Exhausted { fd } => fd,
+        }
+    }
 }
 
 impl fmt::Display for LendError {
@@ -103,8 +134,13 @@ impl fmt::Display for LendError {
             ),
             LendError::LocalLoansOutstanding { fd, count } => write!(
                 f,
-                "fd {fd} still has {count} local loans on this thread, so close_wait would never \
-                 return; the close was deferred to the last of them"
+                "fd {fd} had {count} local loans alive on this thread, so waiting here for its \
+                 close would never end; the close was deferred to the last of them"
+            ),
+            LendError::Exhausted { fd } => write!(
+                f,
+                "fd number {fd} has used up its 2^64 incarnations and cannot be lent again; \
+                 dup2 the file to another number"
             ),
         }
     }
@@ -115,9 +151,9 @@ impl std::error::Error for LendError {}
 impl From<LendError> for std::io::Error {
     fn from(error: LendError) -> Self {
         let kind = match error {
-            LendError::InvalidFd { .. } | LendError::OutOfRange { .. } => {
-                std::io::ErrorKind::InvalidInput
-            }
+            LendError::InvalidFd { .. }
+            | LendError::OutOfRange { .. }
+            | LendError::Exhausted { .. } => std::io::ErrorKind::InvalidInput,
             LendError::Saturated { .. } | LendError::LocalLoansOutstanding { .. } => {
                 std::io::ErrorKind::WouldBlock
             }
@@ -153,6 +189,13 @@ impl RegisterError {
 impl fmt::Display for RegisterError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "cannot lend: {}", self.error)
+    }
+}
+
+impl From<RegisterError> for std::io::Error {
+    /// The refusal as an `io::Error` (the fd is closed with the `RegisterError`).
+    fn from(error: RegisterError) -> Self {
+        error.error.into()
     }
 }
 

@@ -161,20 +161,28 @@ impl LentDmaFile {
     /// as dropping the wrapper does. glommio does not drop a task that is waiting
     /// when its executor is dropped (the task is leaked); the wait is then given up
     /// when the executor's thread exits, and the last loan closes the fd.
-    pub async fn reclaim(self) -> DmaFile {
+    ///
+    /// Awaited on this thread while local loans of the file are alive here, it
+    /// cannot finish: it fails with `LocalLoansOutstanding` and the last local loan
+    /// closes the fd.
+    pub async fn reclaim(self) -> Result<DmaFile, LendError> {
         let LentDmaFile { mut dma, lender } = self;
-        let fd = Reclaiming::new(lender.reclaim()).await;
+        let fd = Reclaiming::new(lender.reclaim()).await?;
         // Every loan is back and fdlend's slot is free: give up its ownership so
         // the DmaFile is the fd's one owner again. No await point from here to the
         // hand-over, so a cancelled future cannot split them.
         let _ = fd.into_raw_fd();
-        dma.take()
+        Ok(dma.take())
     }
 
     /// Waits for every loan to come back, then closes the file through glommio's
-    /// own [`DmaFile::close`] and returns its result.
+    /// own [`DmaFile::close`] and returns its result (`LocalLoansOutstanding`, as an
+    /// I/O error, as for [`reclaim`](LentDmaFile::reclaim)).
     pub async fn close(self) -> ::glommio::Result<(), ()> {
-        self.reclaim().await.close().await
+        match self.reclaim().await {
+            Ok(dma) => dma.close().await,
+            Err(error) => Err(::glommio::GlommioError::IoError(error.into())),
+        }
     }
 
     /// The `DmaFile` back at once if nothing is lent (tickets turn stale); else the
@@ -265,9 +273,9 @@ impl Reclaiming {
 }
 
 impl Future for Reclaiming {
-    type Output = OwnedFd;
+    type Output = Result<OwnedFd, LendError>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<OwnedFd> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut pending = self.pending.borrow_mut();
         let reclaim = pending
             .as_mut()

@@ -4,10 +4,11 @@
 use crate::close::{self, to_io, CloseFuture, CloseSignal, Closer, Closing, Reclaim};
 use crate::error::{LendError, RegisterError};
 use crate::fd;
-use crate::liveness::COUNT_MAX;
-use crate::loan::{self, Epoch, Loan, LocalLoan, OwnerRef, Ticket};
-use crate::sync::{lock, Arc};
-use crate::table::{self, Slot, MAX_FD};
+use crate::liveness;
+use crate::loan::{Epoch, Loan, LocalLoan, OwnerRef, Ticket};
+use crate::raw::RawLoan;
+use crate::sync::Arc;
+use crate::table;
 use std::fmt;
 use std::fs::File;
 use std::io;
@@ -27,14 +28,14 @@ pub struct Lender {
 
 impl Lender {
     /// The most loans one fd can have outstanding (2^30 - 2).
-    pub const MAX_LOANS: u32 = COUNT_MAX - 1;
+    pub const MAX_LOANS: u32 = liveness::MAX_LOANS;
 
     /// Takes ownership of `fd` and starts lending it.
     ///
     /// Refused, with `fd` handed back, when the fd is not open (`InvalidFd`), its
-    /// number is beyond what fdlend tracks (`OutOfRange`), or another `Lender`
-    /// already lends that number (`SlotLive`: someone closed it behind that lender's
-    /// back).
+    /// number is beyond what fdlend tracks (`OutOfRange`), another `Lender` already
+    /// lends that number (`SlotLive`: someone closed it behind that lender's back), or
+    /// the number has used up its 2^64 incarnations (`Exhausted`).
     pub fn new(fd: OwnedFd) -> Result<Lender, RegisterError> {
         Self::with_max_loans(fd, Self::MAX_LOANS)
     }
@@ -47,29 +48,14 @@ impl Lender {
         if nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFD).is_err() {
             return Err(RegisterError::new(LendError::InvalidFd { fd: raw }, fd));
         }
-        let Some(slot) = table::global().get_or_insert(raw) else {
-            return Err(RegisterError::new(
-                LendError::OutOfRange {
-                    fd: raw,
-                    max: MAX_FD,
-                },
-                fd,
-            ));
+        let (record, epoch) = match table::global().register(raw, max_loans.min(Self::MAX_LOANS)) {
+            Ok(registered) => registered,
+            Err(error) => return Err(RegisterError::new(error, fd)),
         };
-        let epoch = match slot.liveness.register() {
-            Ok(epoch) => epoch,
-            Err(refusal) => {
-                return Err(RegisterError::new(
-                    loan::refusal_to_error(raw, refusal, slot),
-                    fd,
-                ))
-            }
-        };
-        slot.set_limit(max_loans.min(Self::MAX_LOANS));
-        // The fd now belongs to this incarnation of the slot; `fd::close` ends it.
+        // The fd now belongs to this incarnation's record; `fd::close` ends it.
         let raw = fd.into_raw_fd();
         Ok(Lender {
-            owner: Some(Rc::new(OwnerRef::new(raw, epoch))),
+            owner: Some(Rc::new(OwnerRef::new(record, raw, epoch))),
         })
     }
 
@@ -79,12 +65,9 @@ impl Lender {
             .expect("fdlend: Lender used after it was consumed")
     }
 
-    fn slot(&self) -> &'static Slot {
-        slot_of(self.owner())
-    }
-
     /// A counted loan for any thread (one atomic operation). Refused with
     /// `Saturated` at the loan limit.
+    #[inline]
     pub fn loan(&self) -> Result<Loan, LendError> {
         self.owner().loan()
     }
@@ -103,13 +86,26 @@ impl Lender {
     /// want a plain `BorrowedFd` (io_uring submissions, FFI).
     ///
     /// # Safety
-    /// - The token is given back exactly once, with [`return_fd`](crate::return_fd)
-    ///   or [`Loan::from_raw`], and is not used after that.
+    /// - The token is given back exactly once, with [`return_fd`](crate::return_fd),
+    ///   and is not used after that.
     /// - Its `'static` lifetime is a lie bounded by the count: nothing may use the
     ///   token (or copies of it) after it is returned, nor after this lender's
     ///   [`close_now`](Lender::close_now). Closure ordering is the caller's.
+    ///
+    /// [`Lender::lend_raw`] is the checked form: its token knows its file.
+    #[inline]
     pub unsafe fn lend_fd(&self) -> Result<BorrowedFd<'static>, LendError> {
-        Ok(self.loan()?.into_raw())
+        let token = self.lend_raw()?;
+        // SAFETY: the token's count is the caller's to give back (contract above).
+        Ok(unsafe { token.borrow() })
+    }
+
+    /// Counts one loan as a raw token that names its file: give it back with
+    /// [`return_raw`](crate::return_raw) or [`Loan::from_raw`], which refuse a stale
+    /// or unlent token with a typed error.
+    #[inline]
+    pub fn lend_raw(&self) -> Result<RawLoan, LendError> {
+        RawLoan::lend(self.owner().record)
     }
 
     /// This file's incarnation; record it beside raw tokens to check them later with
@@ -120,13 +116,13 @@ impl Lender {
 
     /// Loans, raw tokens and local loans outstanding right now.
     pub fn outstanding(&self) -> usize {
-        let shared = self.slot().liveness.load().count() as usize - 1;
+        let shared = self.owner().record.liveness.load().loans() as usize;
         shared + self.outstanding_local()
     }
 
     /// The most loans this fd may have out at once.
     pub fn max_loans(&self) -> u32 {
-        self.slot().limit()
+        self.owner().record.max_loans()
     }
 
     fn take_owner(mut self) -> Rc<OwnerRef> {
@@ -138,10 +134,10 @@ impl Lender {
     /// The returned handle reports the `close(2)` result (and is a future of it).
     pub fn close(self) -> Closing {
         match retire(self.take_owner()) {
-            // SAFETY: `retire` freed the slot, handing the fd to us alone.
+            // SAFETY: `retire` killed the word, handing the fd to us alone.
             Ok(fd) => Closing::done(unsafe { fd::close(fd) }),
             Err(owner) => {
-                let signal = CloseSignal::new(Closer::LastLoan);
+                let signal = CloseSignal::new(Closer::LastLoan, owner.fd, local_loans(&owner));
                 begin_close(owner, Some(Arc::clone(&signal)));
                 Closing::pending(signal)
             }
@@ -153,7 +149,9 @@ impl Lender {
     ///
     /// Local loans still alive on this thread could never come back while it blocks,
     /// so then the close is deferred to the last of them and
-    /// `LendError::LocalLoansOutstanding` is returned (as an `io::Error`).
+    /// `LendError::LocalLoansOutstanding` is returned (as an `io::Error`; see
+    /// [`LendError::from_io`]). A thread that holds a [`Loan`] of this file itself
+    /// would wait forever too: fdlend cannot see that one.
     pub fn close_wait(self) -> io::Result<()> {
         match self.reclaim_wait() {
             Ok(fd) => close::close_owned(fd),
@@ -167,7 +165,9 @@ impl Lender {
 
     /// As [`close_wait`](Lender::close_wait), as a `Future`: it resolves once every
     /// loan is back, woken by the thread that returns the last one, and closes the
-    /// fd on the thread that polls it. Needs no particular runtime.
+    /// fd on the thread that polls it. Needs no particular runtime. Polled on this
+    /// thread while local loans are alive here, it resolves to
+    /// `LocalLoansOutstanding` (the last local loan closes).
     pub fn close_async(self) -> CloseFuture {
         CloseFuture::new(self.reclaim())
     }
@@ -181,7 +181,7 @@ impl Lender {
             Err(lender) => {
                 let owner = lender.take_owner();
                 let fd = owner.fd;
-                let signal = CloseSignal::new(Closer::Owner);
+                let signal = CloseSignal::new(Closer::Owner, fd, local_loans(&owner));
                 begin_close(owner, Some(Arc::clone(&signal)));
                 Reclaim::waiting(fd, signal)
             }
@@ -195,11 +195,14 @@ impl Lender {
         if self.outstanding_local() > 0 {
             return Err(self);
         }
-        Ok(self.reclaim().wait())
+        match self.reclaim().wait() {
+            Ok(fd) => Ok(fd),
+            Err(error) => unreachable!("no local loan is alive, yet {error}"),
+        }
     }
 
     fn outstanding_local(&self) -> usize {
-        Rc::strong_count(self.owner()) - 1
+        local_loans(self.owner())
     }
 
     /// Closes now if nothing is lent and returns the `close(2)` result; otherwise
@@ -212,50 +215,53 @@ impl Lender {
     /// hands the lender back untouched.
     pub fn into_owned_fd(self) -> Result<OwnedFd, Lender> {
         match retire(self.take_owner()) {
-            // SAFETY: `retire` freed the slot, so nothing else counts or closes `fd`;
+            // SAFETY: `retire` killed the word, so nothing else counts or closes `fd`;
             // the `OwnedFd` is its only owner from here.
             Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
             Err(owner) => Err(Lender { owner: Some(owner) }),
         }
     }
 
-    /// Closes the fd now, whatever is lent. The epoch advances, so every outstanding
-    /// ticket pins as stale and every raw token checks as not current; returning
-    /// them or dropping loans becomes a no-op, and cloning a revoked loan panics
-    /// (`try_clone` says `Stale`/`Closed`).
+    /// Closes the fd now, whatever is lent. The file's record is revoked and
+    /// detached from the fd number: tickets pin as `Closed` (or `Stale` once the
+    /// number is lent again), `RawLoan`s are refused as stale, outstanding loans
+    /// count down on the detached record only, so dropping them never touches a
+    /// later file under the same number; cloning a revoked loan panics (`try_clone`
+    /// says `Stale`/`Closed`).
     ///
     /// # Safety
-    /// - No loan, local loan or raw token of this lender is used for I/O (or turned
-    ///   into a `BorrowedFd` that is) after this call: the fd number may name another
-    ///   file a moment later. Dropping them is fine.
+    /// After this call nothing uses the fd through this lender's handles: no
+    /// [`Loan`], [`LocalLoan`], `SharedLoan`, `LentRegion` or raw token of this file
+    /// does I/O (or makes a `BorrowedFd` that does), no io_uring SQE that names the fd
+    /// is still to be submitted or in flight, and no ticket is being pinned
+    /// concurrently with this call (a pin that wins the race gets a loan of the fd
+    /// being closed). The fd number may name another file a moment later. Dropping
+    /// the handles is fine.
     pub unsafe fn close_now(self) -> io::Result<()> {
         let owner = self.take_owner();
         let fd = owner.fd;
-        slot_of(&owner).liveness.revoke(owner.epoch);
-        // Local loans may keep this `Rc` alive; their eventual release is stale.
+        owner.record.liveness.revoke();
+        // Before the close, so the number's next registration gets a fresh record.
+        table::global().detach(fd, owner.record);
+        // Local loans may keep this `Rc` alive; their release counts down the
+        // revoked record.
         drop(owner);
-        // SAFETY: `revoke` freed the slot, so no drain can close `fd`; the caller
-        // promises no loan uses it afterwards.
+        // SAFETY: the record is revoked, so no drain will close `fd`; the caller
+        // promises no handle uses it afterwards.
         to_io(unsafe { fd::close(fd) })
     }
 }
 
-fn slot_of(owner: &OwnerRef) -> &'static Slot {
-    table::global()
-        .get(owner.fd)
-        .expect("fdlend: a registered fd has a slot")
+/// Local loans sharing the owner's reference.
+fn local_loans(owner: &Rc<OwnerRef>) -> usize {
+    Rc::strong_count(owner) - 1
 }
 
 /// The fast path of every close: if the owner holds the only reference (no loans,
 /// tokens or local loans), free the slot in one step and return the fd, now owned
 /// by the caller alone.
 fn retire(owner: Rc<OwnerRef>) -> Result<RawFd, Rc<OwnerRef>> {
-    if Rc::strong_count(&owner) != 1
-        || slot_of(&owner)
-            .liveness
-            .retire_if_unlent(owner.epoch)
-            .is_err()
-    {
+    if Rc::strong_count(&owner) != 1 || owner.record.liveness.retire_if_unlent().is_err() {
         return Err(owner);
     }
     let owner = Rc::into_inner(owner).expect("strong count was 1 and no Weak exists");
@@ -265,14 +271,14 @@ fn retire(owner: Rc<OwnerRef>) -> Result<RawFd, Rc<OwnerRef>> {
     Ok(fd)
 }
 
-/// The slow path: leave `signal` (who closes, who is told) in the slot, turn the word
-/// `Closing`, and give up the owner's reference. If that was the last, the drain
+/// The slow path: leave `signal` (who closes, who is told) in the record, turn the
+/// word `Closing`, and give up the owner's reference. If that was the last, the drain
 /// happens right here.
 fn begin_close(owner: Rc<OwnerRef>, signal: Option<Arc<CloseSignal>>) {
-    let slot = slot_of(&owner);
-    // Stored before `begin_close` publishes Closing, so the drainer finds it.
-    *lock(&slot.signal) = signal;
-    slot.liveness.begin_close(owner.epoch);
+    // Left before the owner's reference is released (its Release orders this store
+    // before the drain), so the drainer finds it.
+    owner.record.leave_signal(signal);
+    owner.record.liveness.begin_close();
     drop(owner);
 }
 
@@ -280,7 +286,7 @@ impl Drop for Lender {
     fn drop(&mut self) {
         if let Some(owner) = self.owner.take() {
             match retire(owner) {
-                // SAFETY: `retire` freed the slot, handing the fd to us alone.
+                // SAFETY: `retire` killed the word, handing the fd to us alone.
                 Ok(fd) => drop(unsafe { fd::close(fd) }),
                 Err(owner) => begin_close(owner, None),
             }
@@ -368,7 +374,7 @@ mod tests {
         let lender = Lender::try_from(write).unwrap();
         let locals: Vec<LocalLoan> = (0..3).map(|_| lender.local_loan()).collect();
         assert_eq!(
-            lender.slot().liveness.load().count(),
+            lender.owner().record.liveness.load().count(),
             1,
             "no atomic was counted"
         );

@@ -11,9 +11,10 @@
 //! - [`Loan`]: counted, `Send + Sync + Clone`, 8 bytes; keeps the fd open.
 //! - [`LocalLoan`]: the owner thread's loan, no atomic operation at all.
 //! - [`Ticket`]: `Copy`, holds nothing open; [`Ticket::pin`] makes a loan only if
-//!   the very same file is still open (fd numbers get reused; epochs tell them apart).
+//!   the very same file is still open (fd numbers get reused; 64-bit epochs tell
+//!   them apart, forever).
 //! - [`Lender::lend_fd`]: the raw, unsafe token (`BorrowedFd<'static>`) for APIs
-//!   that want a plain fd.
+//!   that want a plain fd; [`Lender::lend_raw`] / [`RawLoan`], the checked form.
 //! - Close modes: deferred ([`Lender::close`], or drop), blocking
 //!   ([`Lender::close_wait`]), async ([`Lender::close_async`]), only-if-unlent
 //!   ([`Lender::try_close`], [`Lender::into_owned_fd`]), and revoking
@@ -72,6 +73,8 @@ pub mod io;
 mod lender;
 mod liveness;
 mod loan;
+mod raw;
+mod record;
 mod sharded;
 mod sync;
 mod table;
@@ -81,7 +84,8 @@ pub use error::{LendError, RegisterError};
 #[cfg(not(loom))]
 pub use io::{LentRegion, RegionError, RegionTicket};
 pub use lender::Lender;
-pub use loan::{current_epoch, is_current, return_fd, Epoch, Loan, LocalLoan, Ticket};
+pub use loan::{current_epoch, is_current, Epoch, Loan, LocalLoan, Ticket};
+pub use raw::{return_fd, return_raw, RawLoan};
 pub use sharded::{ShardedLender, SharedLoan};
 
 static_assertions::assert_impl_all!(Loan: Send, Sync, Clone, std::os::fd::AsFd);
@@ -93,5 +97,20 @@ static_assertions::assert_impl_all!(Reclaim: Send);
 static_assertions::assert_impl_all!(Closing: Send, Sync);
 static_assertions::const_assert!(std::mem::size_of::<Loan>() <= 16);
 static_assertions::const_assert_eq!(std::mem::size_of::<Loan>(), 8);
-static_assertions::const_assert_eq!(std::mem::size_of::<Ticket>(), 8);
+static_assertions::const_assert_eq!(std::mem::size_of::<Ticket>(), 16);
+static_assertions::assert_impl_all!(RawLoan: Copy, Send, Sync);
 static_assertions::const_assert_eq!(std::mem::size_of::<LocalLoan>(), 8);
+
+/// Test support, not part of the stable API.
+#[doc(hidden)]
+pub mod testing {
+    use crate::LendError;
+    use std::os::fd::RawFd;
+
+    /// Moves fd number `fd`'s next epoch forward to `to` (never back, so no
+    /// `(fd, epoch)` pair can ever name two files): lets a test start a number just
+    /// below the end of its epochs instead of registering it 2^64 times.
+    pub fn advance_epochs(fd: RawFd, to: u64) -> Result<(), LendError> {
+        crate::table::global().advance_incarnations(fd, to)
+    }
+}

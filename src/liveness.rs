@@ -1,479 +1,516 @@
-//! The liveness word: one `AtomicU64` per lent fd that says whether the fd may still
-//! be used, and by how many.
+//! The liveness word: one `AtomicU64` per lent file that says whether the file may
+//! still be used, and by how many.
 //!
 //! ```text
-//!  63                32 31  30 29                 0
-//! +--------------------+------+--------------------+
-//! |       epoch        |state |       count        |
-//! +--------------------+------+--------------------+
+//!  63          40   39     38      37       36    35            0
+//! +--------------+------+-------+--------+-------+---------------+
+//! |   raw (24)   | DEAD |REVOKED|ORPHANED|CLOSING|  count (36)   |
+//! +--------------+------+-------+--------+-------+---------------+
 //! ```
 //!
-//! * **epoch** names one incarnation of the slot. It advances every time the slot is
-//!   freed, so a handle that remembers `(fd, epoch)` can tell "my file" from "another
-//!   file that got the same fd number later" (fd-number ABA).
-//! * **state** is `Free` (no file), `Open` (new loans allowed), `Closing` (no new
-//!   loans; whoever drops the count to zero frees the slot and finishes the close), or
-//!   `Orphaned` (closing, and the owner's own reference is gone too).
-//! * **count** is the number of counted references, the owner's own included while
-//!   the state is `Open` or `Closing`: an `Open` word always counts at least the
-//!   owner, which is what lets the owner's thread hand out local loans with no atomic
-//!   operation (they share that one count). Knowing whether the owner is counted is
-//!   what lets the loan limit stay exact while a file drains.
+//! * **count** is the number of counted references: the owner's own (unless
+//!   `ORPHANED`), every loan, every raw token, and for a moment every attempt to take
+//!   one. Taking and giving back are one unconditional `fetch_add`/`fetch_sub` each, as
+//!   in `Arc`: an attempt that turns out not to be allowed gives its unit back.
+//! * **raw** counts which of those references are raw tokens, so a raw return can
+//!   never take a safe loan's count (see `Liveness::release_raw`).
+//! * **CLOSING**: the owner has begun closing; new loans are refused, clones are not.
+//! * **ORPHANED**: the owner's own reference is gone too; only loans remain, so the
+//!   loan limit stays exact while the file drains.
+//! * **REVOKED**: the owner closed the file while loans were out (`close_now`); the
+//!   word is detached from its fd number and its loans only count down.
+//! * **DEAD**: no file. A fresh word is dead; the release that takes a closing or
+//!   revoked word's count to zero makes it dead again, with one compare-and-swap that
+//!   only one thread can win.
 //!
 //! This module knows nothing about fds or syscalls; it is the state machine alone.
-//! Every transition is one compare-and-swap, so a word is never observed half-changed.
+//! Which file a word counts (its fd and incarnation) is kept beside it by
+//! `record.rs`; a word is reused only once it is dead, so a reference counted in it
+//! always belongs to the file that was live when it was taken.
 
 use crate::sync::{AtomicU64, Ordering};
 
-/// The largest count a word can hold; [`Liveness::acquire`] refuses past a caller's
-/// limit, which is never above this.
-pub(crate) const COUNT_MAX: u32 = (1 << 30) - 1;
-
-const COUNT_BITS: u32 = 30;
+const COUNT_BITS: u32 = 36;
 const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
-const STATE_MASK: u64 = 0b11 << COUNT_BITS;
+const CLOSING: u64 = 1 << 36;
+const ORPHANED: u64 = 1 << 37;
+const REVOKED: u64 = 1 << 38;
+const DEAD: u64 = 1 << 39;
+const RAW_ONE: u64 = 1 << 40;
+const RAW_MASK: u64 = !((1 << 40) - 1);
+/// New raw tokens are refused from here on, which leaves 2^23 units of headroom for
+/// the transient `+1`s of racing attempts before the field could wrap.
+const RAW_LIMIT: u64 = 1 << 23;
 
-/// What a slot is doing.
+/// The most loans a word admits (the owner's reference aside): far below the count
+/// field's capacity, so transient attempts can never carry into the flags.
+pub(crate) const MAX_LOANS: u32 = (1 << 30) - 2;
+
+/// What a word says about its file, for telling a refusal apart.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum State {
-    /// No file: the slot waits for its next registration.
-    Free = 0,
-    /// A file is registered and new loans may be taken.
-    Open = 1,
-    /// The owner has begun closing: no new loans, existing ones drain.
-    Closing = 2,
-    /// Closing, and the owner has released its own reference: only loans remain.
-    Orphaned = 3,
+    /// No file.
+    Dead,
+    /// Lent: new loans allowed.
+    Open,
+    /// The owner is closing: no new loans; existing ones drain.
+    Closing,
+    /// Closed by the owner while loans were out; those only count down.
+    Revoked,
 }
 
-/// One decoded value of the word.
+/// One value of the word.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) struct Word(u64);
 
 impl Word {
-    const fn new(epoch: u32, state: State, count: u32) -> Word {
-        Word(((epoch as u64) << 32) | ((state as u64) << COUNT_BITS) | count as u64)
+    pub(crate) const fn count(self) -> u64 {
+        self.0 & COUNT_MASK
     }
 
-    pub(crate) const fn epoch(self) -> u32 {
-        (self.0 >> 32) as u32
+    pub(crate) const fn raw(self) -> u64 {
+        self.0 >> 40
     }
 
-    pub(crate) fn state(self) -> State {
-        match (self.0 & STATE_MASK) >> COUNT_BITS {
-            0 => State::Free,
-            1 => State::Open,
-            2 => State::Closing,
-            _ => State::Orphaned,
+    pub(crate) const fn counts_owner(self) -> bool {
+        self.0 & (ORPHANED | REVOKED | DEAD) == 0
+    }
+
+    /// Loans and raw tokens, the owner's reference aside.
+    pub(crate) const fn loans(self) -> u64 {
+        self.count() - self.counts_owner() as u64
+    }
+
+    pub(crate) const fn state(self) -> State {
+        if self.0 & DEAD != 0 {
+            State::Dead
+        } else if self.0 & REVOKED != 0 {
+            State::Revoked
+        } else if self.0 & (CLOSING | ORPHANED) != 0 {
+            State::Closing
+        } else {
+            State::Open
         }
-    }
-
-    pub(crate) const fn count(self) -> u32 {
-        (self.0 & COUNT_MASK) as u32
-    }
-
-    /// The first word of the next incarnation: the epoch moves on so every handle to
-    /// this one reads as stale.
-    const fn freed(self) -> Word {
-        Word::new(self.epoch().wrapping_add(1), State::Free, 0)
-    }
-
-    const fn with_count(self, count: u32) -> Word {
-        Word((self.0 & !COUNT_MASK) | count as u64)
-    }
-
-    fn with_state(self, state: State) -> Word {
-        Word((self.0 & !STATE_MASK) | ((state as u64) << COUNT_BITS))
     }
 }
 
-/// Why a reference could not be taken.
+/// Why a reference could not be taken or given back.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Refusal {
-    /// The epoch asked for is gone and the slot is free: that file was closed.
-    Closed,
-    /// The epoch asked for is gone and the slot holds a newer file.
-    Stale,
-    /// The file is closing: only clones of existing references are allowed.
-    Closing,
+    /// The word is not open for this kind of reference (see the `State`).
+    Not(State),
     /// The count has reached the limit.
     Saturated,
-    /// Registration found the slot in use.
+    /// A raw return found no raw token outstanding.
+    NotLent,
+    /// Registration found the word live.
     Live,
 }
 
 /// What a release did.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[must_use]
 pub(crate) enum Released {
-    /// One reference fewer; others remain (or the owner has not begun closing).
+    /// One reference fewer; others remain (or another thread finishes).
     Kept,
-    /// This was the last reference of a closing file: the slot is now free (its epoch
-    /// advanced) and the caller must finish the close, exactly once.
+    /// This was the last reference of a closing file: the word is dead now and the
+    /// caller must finish the close, exactly once.
     Drained,
-    /// The epoch is gone (the file was revoked by `close_now`): nothing was counted.
-    Stale,
+    /// This was the last reference of a revoked word: it is dead now and the caller
+    /// must recycle its record (the fd was closed by the revoke).
+    Retired,
 }
 
-/// Whose reference is released.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum Holder {
-    /// A loan or raw token.
-    Loan,
-    /// The owner (its `Lender` and local loans, which share one reference).
-    Owner,
-}
-
-impl State {
-    /// Whether the count includes the owner's own reference.
-    fn counts_owner(self) -> bool {
-        matches!(self, State::Open | State::Closing)
-    }
-}
-
-/// Who may take a new reference.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum Taking {
-    /// A brand-new loan (from the owner, a ticket): only while `Open`.
-    New,
-    /// A clone of a reference the caller already holds: also while `Closing`, since
-    /// the held reference keeps the file open anyway (as `Arc::clone` does).
-    Clone,
-}
-
-/// The atomic word itself. All transitions are compare-and-swap loops on the
-/// expected epoch, so a handle from an older incarnation can never touch a newer one.
+/// The atomic word itself.
 pub(crate) struct Liveness {
     word: AtomicU64,
 }
 
 impl Liveness {
-    /// A free slot at epoch 0.
+    /// A dead word: no file yet.
     #[cfg(not(loom))]
     pub(crate) const fn new() -> Liveness {
         Liveness {
-            word: AtomicU64::new(0),
+            word: AtomicU64::new(DEAD),
         }
     }
 
-    /// A free slot at epoch 0 (loom atomics have no `const fn new`).
+    /// A dead word: no file yet (loom atomics have no `const fn new`).
     #[cfg(loom)]
     pub(crate) fn new() -> Liveness {
         Liveness {
-            word: AtomicU64::new(0),
+            word: AtomicU64::new(DEAD),
         }
     }
 
-    /// A snapshot, for diagnostics and for reading the current epoch.
+    /// A snapshot, for diagnostics and checks.
+    #[inline]
     pub(crate) fn load(&self) -> Word {
-        // Acquire pairs with the Release of `register`/`begin_close`/`release`, so a
-        // caller who then trusts "this epoch is live" also sees what preceded it.
+        // Acquire pairs with `open`'s Release: a caller who sees the word live also
+        // sees the record fields written before it opened.
         Word(self.word.load(Ordering::Acquire))
     }
 
-    /// Free → Open, counting the owner's reference. Returns the epoch of the new
-    /// incarnation.
-    pub(crate) fn register(&self) -> Result<u32, Refusal> {
-        let mut current = Word(self.word.load(Ordering::Relaxed));
+    /// Dead → Open, counting the owner's reference. Attempts that are in flight on
+    /// the dead word (a stale pin's `+1`, given back soon) are carried over, so their
+    /// give-back balances. The caller holds the fd number's registration lock and has
+    /// written the record's fields, which this Release publishes.
+    pub(crate) fn open(&self) -> Result<(), Refusal> {
+        let mut current = self.word.load(Ordering::Relaxed);
         loop {
-            if current.state() != State::Free {
+            if current & DEAD == 0 {
                 return Err(Refusal::Live);
             }
-            let next = Word::new(current.epoch(), State::Open, 1);
-            // Release pairs with the Acquire of every later `acquire`/`load`: whoever
-            // sees this incarnation open also sees the fd and limit set up before it.
+            let next = (current & COUNT_MASK) + 1;
+            // Release pairs with the Acquire of every pin and `load`: whoever sees
+            // this incarnation live sees its fd and incarnation too.
             match self.word.compare_exchange_weak(
-                current.0,
-                next.0,
+                current,
+                next,
                 Ordering::Release,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return Ok(current.epoch()),
-                Err(seen) => current = Word(seen),
-            }
-        }
-    }
-
-    /// Counts one more loan of incarnation `epoch`, if fewer than `max_loans` loans
-    /// (the owner's reference aside) are out.
-    pub(crate) fn acquire(
-        &self,
-        epoch: u32,
-        taking: Taking,
-        max_loans: u32,
-    ) -> Result<(), Refusal> {
-        let mut current = Word(self.word.load(Ordering::Relaxed));
-        loop {
-            if current.epoch() != epoch {
-                return Err(match current.state() {
-                    State::Free => Refusal::Closed,
-                    _ => Refusal::Stale,
-                });
-            }
-            let state = current.state();
-            match (state, taking) {
-                (State::Free, _) => return Err(Refusal::Closed),
-                (State::Closing | State::Orphaned, Taking::New) => return Err(Refusal::Closing),
-                (State::Open, _) | (State::Closing | State::Orphaned, Taking::Clone) => {}
-            }
-            let loans = current.count() - u32::from(state.counts_owner());
-            if loans >= max_loans || current.count() >= COUNT_MAX {
-                return Err(Refusal::Saturated);
-            }
-            let next = current.with_count(current.count() + 1);
-            // Acquire pairs with `register`'s Release: the new reference may use the
-            // fd, so it must see the registration that made it valid.
-            match self.word.compare_exchange_weak(
-                current.0,
-                next.0,
-                Ordering::Acquire,
                 Ordering::Relaxed,
             ) {
                 Ok(_) => return Ok(()),
-                Err(seen) => current = Word(seen),
+                Err(seen) => current = seen,
             }
         }
     }
 
-    /// Gives back `holder`'s reference to incarnation `epoch`.
-    pub(crate) fn release(&self, epoch: u32, holder: Holder) -> Released {
-        let mut current = Word(self.word.load(Ordering::Relaxed));
-        loop {
-            if current.epoch() != epoch || current.state() == State::Free {
-                return Released::Stale;
-            }
-            let state = current.state();
-            let draining = current.count() == 1;
-            let loans = current.count() - u32::from(state.counts_owner());
-            match holder {
-                Holder::Loan => assert!(
-                    loans > 0,
-                    "fdlend: liveness word {current:?} released below the owner's reference"
-                ),
-                Holder::Owner => assert!(
-                    state == State::Closing,
-                    "fdlend: owner released its reference of {current:?} without closing"
-                ),
-            }
-            let next = if draining {
-                current.freed()
-            } else if holder == Holder::Owner {
-                current
-                    .with_count(current.count() - 1)
-                    .with_state(State::Orphaned)
-            } else {
-                current.with_count(current.count() - 1)
-            };
-            // Release pairs with the Acquire of whoever drains the count: every use
-            // of the fd through this reference happens before the close. The drainer
-            // itself also acquires (AcqRel), pairing with all earlier releases.
-            let ordering = if draining {
-                DRAIN_ORDERING
-            } else {
-                Ordering::Release
-            };
-            match self
-                .word
-                .compare_exchange_weak(current.0, next.0, ordering, Ordering::Relaxed)
-            {
-                Ok(_) if draining => return Released::Drained,
-                Ok(_) => return Released::Kept,
-                Err(seen) => current = Word(seen),
-            }
+    /// One more reference by a holder of one (a clone, the owner's loan, a local
+    /// loan sent): one `fetch_add`. `admit_below` is the loan limit + 1.
+    #[inline]
+    pub(crate) fn acquire_held(&self, admit_below: u64) -> Result<(), Refusal> {
+        // Relaxed, as `Arc::clone`: the caller's own reference keeps the word live and
+        // it already synchronised with the registration when it got that reference.
+        let old = self.word.fetch_add(1, Ordering::Relaxed);
+        // One compare covers the common case: count under the limit, not orphaned
+        // (where the owner no longer counts) and not revoked.
+        if old & (COUNT_MASK | ORPHANED | REVOKED) < admit_below {
+            return Ok(());
+        }
+        self.acquire_held_slow(Word(old), admit_below)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn acquire_held_slow(&self, old: Word, admit_below: u64) -> Result<(), Refusal> {
+        let refusal = match old.state() {
+            State::Revoked | State::Dead => Refusal::Not(old.state()),
+            _ if old.loans() < admit_below - 1 => return Ok(()),
+            _ => Refusal::Saturated,
+        };
+        // Relaxed: the caller still holds its own reference, so this never drains and
+        // publishes nothing.
+        self.word.fetch_sub(1, Ordering::Relaxed);
+        Err(refusal)
+    }
+
+    /// A new reference from nothing (a ticket's pin): one `fetch_add`. On `Err` the
+    /// attempt's unit is still counted and the caller must `release` it (which may
+    /// drain the word: the attempt was then the last reference).
+    #[inline]
+    pub(crate) fn try_acquire_new(&self, admit_below: u64) -> Result<(), Word> {
+        // Acquire pairs with `open`'s Release: the new reference may read the record's
+        // fields and use the fd, so it must see the registration.
+        let old = self.word.fetch_add(1, Ordering::Acquire);
+        // Any flag (closing, orphaned, revoked, dead) or a full count refuses.
+        if old & !RAW_MASK < admit_below {
+            Ok(())
+        } else {
+            Err(Word(old))
         }
     }
 
-    /// Open → Closing for incarnation `epoch`: new loans stop, existing ones drain.
-    /// The owner's reference is still counted; the owner releases it afterwards.
-    pub(crate) fn begin_close(&self, epoch: u32) {
-        let mut current = Word(self.word.load(Ordering::Relaxed));
-        loop {
-            assert!(
-                current.epoch() == epoch && current.state() == State::Open,
-                "fdlend: begin_close on {current:?}, expected open epoch {epoch}"
-            );
-            let next = current.with_state(State::Closing);
-            // Release pairs with the drainer's Acquire: the close signal the owner
-            // stored before this is visible to whoever finishes the close.
-            match self.word.compare_exchange_weak(
-                current.0,
-                next.0,
-                Ordering::Release,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return,
-                Err(seen) => current = Word(seen),
-            }
+    /// Gives one reference back: one `fetch_sub`.
+    #[inline]
+    pub(crate) fn release(&self) -> Released {
+        // Release pairs with the Acquire of whoever drains the word: every use of the
+        // fd through this reference happens before the close.
+        let old = self.word.fetch_sub(1, Ordering::Release);
+        if old & COUNT_MASK != 1 {
+            return Released::Kept;
+        }
+        self.release_last(Word(old - 1))
+    }
+
+    /// The count just reached zero at `now`: claim the word for the one thread that
+    /// finishes, unless an attempt slipped in (its give-back will claim instead).
+    #[cold]
+    #[inline(never)]
+    fn release_last(&self, now: Word) -> Released {
+        if now.0 & DEAD != 0 {
+            // A refused attempt on a dead word gave its unit back.
+            return Released::Kept;
+        }
+        assert!(
+            !now.counts_owner(),
+            "fdlend: liveness word {now:?} released below the owner's reference"
+        );
+        // Acquire (in the claim) pairs with every reference's Release in `release`:
+        // all of them happened before the close or the recycling that follows.
+        match self
+            .word
+            .compare_exchange(now.0, DEAD, CLAIM_ORDERING, Ordering::Relaxed)
+        {
+            Ok(_) if now.0 & REVOKED != 0 => Released::Retired,
+            Ok(_) => Released::Drained,
+            Err(_) => Released::Kept,
         }
     }
 
-    /// Open with only the owner's reference → Free, in one step. Fails (with the
-    /// count seen) while anything else is lent.
-    pub(crate) fn retire_if_unlent(&self, epoch: u32) -> Result<(), u32> {
-        let expected = Word::new(epoch, State::Open, 1);
-        // Acquire pairs with every loan's Release in `release`: their uses of the fd
-        // happen before the owner takes it back.
+    /// The owner begins closing: new loans stop, existing ones drain.
+    pub(crate) fn begin_close(&self) {
+        // Relaxed: this publishes nothing. The close signal reaches the drainer through
+        // the record's mutex, and the owner's own `release_owner` (Release, later in
+        // this thread) is what the drainer's claim acquires.
+        self.word.fetch_or(CLOSING, Ordering::Relaxed);
+    }
+
+    /// The owner gives its own reference back (its `Lender` and local loans are all
+    /// gone); from now on the count is loans only.
+    pub(crate) fn release_owner(&self) -> Released {
+        // Sets ORPHANED (clear until now: the owner releases once) and subtracts one
+        // in the same add. Release: as for any reference in `release`.
+        let old = Word(
+            self.word
+                .fetch_add(ORPHANED.wrapping_sub(1), Ordering::Release),
+        );
+        assert!(
+            old.counts_owner() && old.0 & (CLOSING | REVOKED) != 0 || old.0 & REVOKED != 0,
+            "fdlend: owner released its reference of {old:?} without closing"
+        );
+        if old.count() != 1 {
+            return Released::Kept;
+        }
+        self.release_last(Word(old.0 + ORPHANED - 1))
+    }
+
+    /// Open with only the owner's reference → Dead, in one step. Fails (with what
+    /// it saw) while anything else is counted, an attempt in flight included.
+    pub(crate) fn retire_if_unlent(&self) -> Result<(), Word> {
+        // Acquire pairs with every reference's Release in `release`: their uses of the
+        // fd happen before the owner takes it back.
         self.word
-            .compare_exchange(
-                expected.0,
-                expected.freed().0,
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            )
+            .compare_exchange(1, DEAD, Ordering::Acquire, Ordering::Relaxed)
             .map(|_| ())
-            .map_err(|seen| Word(seen).count())
+            .map_err(Word)
     }
 
-    /// Any live state → Free regardless of the count: every outstanding reference of
-    /// `epoch` becomes stale and its release a no-op.
-    pub(crate) fn revoke(&self, epoch: u32) {
-        let mut current = Word(self.word.load(Ordering::Relaxed));
-        loop {
-            assert!(
-                current.epoch() == epoch && current.state() != State::Free,
-                "fdlend: revoke on {current:?}, expected live epoch {epoch}"
-            );
-            // AcqRel: acquire the releases that did happen, and publish the new epoch.
-            match self.word.compare_exchange_weak(
-                current.0,
-                current.freed().0,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return,
-                Err(seen) => current = Word(seen),
-            }
+    /// Any live word → Revoked: every outstanding reference only counts down from
+    /// now on, and pins are refused. The owner still holds its reference (give it
+    /// back with `release_owner`).
+    pub(crate) fn revoke(&self) {
+        // AcqRel: acquire the releases that did happen before the fd is closed, and
+        // publish the revocation to pins that read the word afterwards.
+        let old = Word(self.word.fetch_or(REVOKED, Ordering::AcqRel));
+        assert!(
+            old.counts_owner(),
+            "fdlend: revoke of {old:?}, which the owner no longer holds"
+        );
+    }
+
+    /// One more reference by a holder of one, counted as a raw token (`lend_raw`,
+    /// `lend_fd`): one `fetch_add` of both units.
+    #[inline]
+    pub(crate) fn acquire_held_raw(&self, admit_below: u64) -> Result<(), Refusal> {
+        // Relaxed: as in `acquire_held`.
+        let old = self.word.fetch_add(1 + RAW_ONE, Ordering::Relaxed);
+        if old & (COUNT_MASK | ORPHANED | REVOKED) < admit_below && Word(old).raw() < RAW_LIMIT {
+            return Ok(());
+        }
+        self.acquire_held_raw_slow(Word(old), admit_below)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn acquire_held_raw_slow(&self, old: Word, admit_below: u64) -> Result<(), Refusal> {
+        let refusal = match old.state() {
+            State::Revoked | State::Dead => Refusal::Not(old.state()),
+            _ if old.loans() < admit_below - 1 && old.raw() < RAW_LIMIT => return Ok(()),
+            _ => Refusal::Saturated,
+        };
+        // Relaxed: as in `acquire_held_slow`.
+        self.word.fetch_sub(1 + RAW_ONE, Ordering::Relaxed);
+        Err(refusal)
+    }
+
+    /// One more raw token by a holder of a reference: the reference becomes the
+    /// token's (`Loan::into_raw`).
+    pub(crate) fn mark_raw(&self) -> Result<(), Refusal> {
+        // Relaxed: the caller's reference keeps the word live; only the raw field
+        // changes, which nothing orders against.
+        let old = Word(self.word.fetch_add(RAW_ONE, Ordering::Relaxed));
+        if old.raw() < RAW_LIMIT {
+            return Ok(());
+        }
+        self.word.fetch_sub(RAW_ONE, Ordering::Relaxed);
+        Err(Refusal::Saturated)
+    }
+
+    /// A raw token's reference becomes a plain one again (`Loan::from_raw`), if a raw
+    /// token is outstanding.
+    pub(crate) fn unmark_raw(&self) -> Result<(), Refusal> {
+        self.check_raw()?;
+        // Relaxed: the reference itself stays counted.
+        self.word.fetch_sub(RAW_ONE, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Gives a raw token's reference back, if a raw token is outstanding: a double
+    /// return can then take another raw token's count, never a loan's or the owner's.
+    #[inline]
+    pub(crate) fn release_raw(&self) -> Result<Released, Refusal> {
+        self.check_raw()?;
+        // Release: as in `release`.
+        let old = self.word.fetch_sub(1 + RAW_ONE, Ordering::Release);
+        if old & COUNT_MASK != 1 {
+            return Ok(Released::Kept);
+        }
+        Ok(self.release_last(Word(old - 1 - RAW_ONE)))
+    }
+
+    /// The check before a raw give-back: a raw token is outstanding on a live word.
+    /// A correct caller holds one, so the word cannot change under it; a caller
+    /// racing a double return of the same token is outside the contract.
+    #[inline]
+    fn check_raw(&self) -> Result<(), Refusal> {
+        let word = Word(self.word.load(Ordering::Relaxed));
+        match word.state() {
+            State::Dead => Err(Refusal::Not(State::Dead)),
+            _ if word.raw() == 0 => Err(Refusal::NotLent),
+            _ => Ok(()),
         }
     }
 }
 
 #[cfg(not(fdlend_broken_ordering))]
-const DRAIN_ORDERING: Ordering = Ordering::AcqRel;
+const CLAIM_ORDERING: Ordering = Ordering::Acquire;
 /// The deliberately broken build: the drainer does not acquire the other releases,
 /// so a loan's last use of the fd is not ordered before the close. The loom model
 /// `broken_ordering_is_caught` must fail with it.
 #[cfg(fdlend_broken_ordering)]
-const DRAIN_ORDERING: Ordering = Ordering::Relaxed;
+const CLAIM_ORDERING: Ordering = Ordering::Relaxed;
 
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 
-    #[test]
-    fn word_round_trips_its_fields() {
-        let word = Word::new(u32::MAX, State::Closing, COUNT_MAX);
-        assert_eq!(
-            (word.epoch(), word.state(), word.count()),
-            (u32::MAX, State::Closing, COUNT_MAX)
-        );
-        assert_eq!(
-            word.freed(),
-            Word::new(0, State::Free, 0),
-            "epoch wraps, state and count reset"
-        );
+    const ANY: u64 = MAX_LOANS as u64 + 1;
+
+    fn open() -> Liveness {
+        let word = Liveness::new();
+        word.open().unwrap();
+        word
     }
 
     #[test]
-    fn register_counts_the_owner_and_refuses_a_live_slot() {
-        let slot = Liveness::new();
-        assert_eq!(slot.register(), Ok(0));
-        assert_eq!(slot.load(), Word::new(0, State::Open, 1));
-        assert_eq!(slot.register(), Err(Refusal::Live));
+    fn open_counts_the_owner_and_refuses_a_live_word() {
+        let word = open();
+        assert_eq!(word.load(), Word(1));
+        assert_eq!(word.load().state(), State::Open);
+        assert_eq!(word.open(), Err(Refusal::Live));
     }
 
     #[test]
     fn new_references_stop_at_closing_but_clones_continue() {
-        let slot = Liveness::new();
-        let epoch = slot.register().unwrap();
-        slot.acquire(epoch, Taking::New, COUNT_MAX).unwrap();
-        slot.begin_close(epoch);
+        let word = open();
+        word.try_acquire_new(ANY).unwrap();
+        word.begin_close();
+        let refused = word.try_acquire_new(ANY).unwrap_err();
+        assert_eq!(refused.state(), State::Closing);
         assert_eq!(
-            slot.acquire(epoch, Taking::New, COUNT_MAX),
-            Err(Refusal::Closing)
+            word.release(),
+            Released::Kept,
+            "the refused attempt gives back"
         );
-        slot.acquire(epoch, Taking::Clone, COUNT_MAX).unwrap();
-        assert_eq!(slot.load().count(), 3);
+        word.acquire_held(ANY).unwrap();
+        assert_eq!(word.load().count(), 3);
     }
 
     #[test]
-    fn the_last_release_of_a_closing_slot_frees_it_once() {
-        let slot = Liveness::new();
-        let epoch = slot.register().unwrap();
-        slot.acquire(epoch, Taking::New, COUNT_MAX).unwrap();
-        slot.begin_close(epoch);
-        assert_eq!(slot.release(epoch, Holder::Owner), Released::Kept);
-        assert_eq!(slot.load(), Word::new(epoch, State::Orphaned, 1));
+    fn the_last_release_of_a_closing_word_kills_it_once() {
+        let word = open();
+        word.acquire_held(ANY).unwrap();
+        word.begin_close();
+        assert_eq!(word.release_owner(), Released::Kept);
+        assert_eq!(word.load().loans(), 1);
+        assert_eq!(word.release(), Released::Drained, "the loan was last");
+        assert_eq!(word.load().state(), State::Dead);
+    }
+
+    #[test]
+    fn an_attempt_in_flight_takes_over_the_drain() {
+        let word = open();
+        word.acquire_held(ANY).unwrap();
+        word.begin_close();
+        assert_eq!(word.release_owner(), Released::Kept);
+        // A pin adds its unit, then the last loan returns: the loan cannot claim.
+        assert!(word.try_acquire_new(ANY).is_err());
+        assert_eq!(word.release(), Released::Kept);
         assert_eq!(
-            slot.release(epoch, Holder::Loan),
+            word.release(),
             Released::Drained,
-            "the loan was last"
-        );
-        assert_eq!(slot.load(), Word::new(1, State::Free, 0));
-        assert_eq!(
-            slot.release(epoch, Holder::Loan),
-            Released::Stale,
-            "a second release finds nothing"
+            "the pin's give-back drains"
         );
     }
 
     #[test]
     fn saturation_refuses_at_the_limit_and_loses_nothing() {
-        let slot = Liveness::new();
-        let epoch = slot.register().unwrap();
-        slot.acquire(epoch, Taking::New, 1).unwrap();
-        assert_eq!(slot.acquire(epoch, Taking::New, 1), Err(Refusal::Saturated));
-        assert_eq!(
-            slot.acquire(epoch, Taking::Clone, 1),
-            Err(Refusal::Saturated)
-        );
-        assert_eq!(slot.load().count(), 2, "the owner and one loan");
+        let word = open();
+        word.acquire_held(2).unwrap();
+        assert_eq!(word.acquire_held(2), Err(Refusal::Saturated));
+        assert!(word.try_acquire_new(2).is_err());
+        assert_eq!(word.release(), Released::Kept);
+        assert_eq!(word.load().count(), 2, "the owner and one loan");
     }
 
     #[test]
     fn the_limit_stays_exact_once_the_owner_is_gone() {
-        let slot = Liveness::new();
-        let epoch = slot.register().unwrap();
-        slot.acquire(epoch, Taking::New, 1).unwrap();
-        slot.begin_close(epoch);
-        slot.release(epoch, Holder::Owner);
-        assert_eq!(
-            slot.acquire(epoch, Taking::Clone, 1),
-            Err(Refusal::Saturated),
-            "one loan is still the limit"
-        );
-        assert_eq!(slot.load(), Word::new(epoch, State::Orphaned, 1));
+        let word = open();
+        word.acquire_held(2).unwrap();
+        word.begin_close();
+        assert_eq!(word.release_owner(), Released::Kept);
+        assert_eq!(word.acquire_held(2), Err(Refusal::Saturated));
+        assert_eq!(word.load().loans(), 1, "one loan is still the limit");
     }
 
     #[test]
-    fn old_epochs_read_closed_then_stale_after_reuse() {
-        let slot = Liveness::new();
-        let old = slot.register().unwrap();
-        assert_eq!(slot.retire_if_unlent(old), Ok(()));
+    fn a_dead_word_refuses_and_reopens_with_attempts_in_flight() {
+        let word = open();
+        assert_eq!(word.retire_if_unlent(), Ok(()));
+        let refused = word.try_acquire_new(ANY).unwrap_err();
+        assert_eq!(refused.state(), State::Dead);
+        word.open().unwrap();
         assert_eq!(
-            slot.acquire(old, Taking::New, COUNT_MAX),
-            Err(Refusal::Closed)
+            word.load().count(),
+            2,
+            "the owner and the attempt in flight"
         );
-        let new = slot.register().unwrap();
-        assert_ne!(old, new);
-        assert_eq!(
-            slot.acquire(old, Taking::New, COUNT_MAX),
-            Err(Refusal::Stale)
-        );
-        assert_eq!(slot.release(old, Holder::Loan), Released::Stale);
-        assert_eq!(
-            slot.load().count(),
-            1,
-            "the new incarnation's count is untouched"
-        );
+        assert_eq!(word.release(), Released::Kept, "the attempt gives back");
+        assert_eq!(word.load(), Word(1));
     }
 
     #[test]
-    fn retire_fails_while_lent_and_revoke_does_not() {
-        let slot = Liveness::new();
-        let epoch = slot.register().unwrap();
-        slot.acquire(epoch, Taking::New, COUNT_MAX).unwrap();
-        assert_eq!(slot.retire_if_unlent(epoch), Err(2));
-        slot.revoke(epoch);
-        assert_eq!(slot.release(epoch, Holder::Loan), Released::Stale);
-        assert_eq!(slot.load(), Word::new(epoch + 1, State::Free, 0));
+    fn a_revoked_word_counts_down_to_retired() {
+        let word = open();
+        word.acquire_held(ANY).unwrap();
+        assert_eq!(word.retire_if_unlent(), Err(Word(2)));
+        word.revoke();
+        assert_eq!(word.acquire_held(ANY), Err(Refusal::Not(State::Revoked)));
+        assert_eq!(word.release_owner(), Released::Kept);
+        assert_eq!(word.release(), Released::Retired);
+        assert_eq!(word.load().state(), State::Dead);
+    }
+
+    #[test]
+    fn raw_returns_never_take_a_loans_count() {
+        let word = open();
+        word.acquire_held(ANY).unwrap();
+        assert_eq!(word.release_raw(), Err(Refusal::NotLent));
+        word.acquire_held(ANY).unwrap();
+        word.mark_raw().unwrap();
+        assert_eq!(word.release_raw(), Ok(Released::Kept));
+        assert_eq!(word.release_raw(), Err(Refusal::NotLent), "a double return");
+        assert_eq!(word.load().count(), 2, "the owner and the loan");
     }
 }

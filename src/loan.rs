@@ -1,24 +1,26 @@
 //! The handles a [`Lender`](crate::Lender) gives out: counted [`Loan`]s for any
-//! thread, [`LocalLoan`]s for the owner's thread, [`Ticket`]s that hold nothing open,
-//! and the raw-token functions behind `lend_fd`.
+//! thread, [`LocalLoan`]s for the owner's thread and [`Ticket`]s that hold nothing
+//! open. (Raw tokens are in `raw.rs`.)
 
-use crate::close;
 use crate::error::LendError;
 use crate::fd;
-use crate::liveness::{Holder, Refusal, Released, State, Taking};
-use crate::table::{self, Slot};
+use crate::liveness::{Refusal, State};
+use crate::record::Record;
+use crate::table;
 use std::fmt;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::rc::Rc;
 
-/// One incarnation of an fd number: advances every time fdlend sees the fd closed,
-/// so `(fd, epoch)` names one file even after the number is reused.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub struct Epoch(pub(crate) u32);
+/// One incarnation of an fd number: each registration of a number gets the next
+/// one, so `(fd, epoch)` names one file forever, however often the number is reused.
+/// 64 bits: a number would need 2^64 registrations to run out, and then its
+/// registration is refused (`LendError::Exhausted`), never wrapped.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct Epoch(pub(crate) u64);
 
 impl Epoch {
-    /// The raw value (wraps after 2^32 closes of the same fd number).
-    pub fn get(self) -> u32 {
+    /// The raw value.
+    pub fn get(self) -> u64 {
         self.0
     }
 }
@@ -29,117 +31,71 @@ impl fmt::Display for Epoch {
     }
 }
 
-pub(crate) fn refusal_to_error(fd: RawFd, refusal: Refusal, slot: &Slot) -> LendError {
+/// Why a reference to `record`'s file (fd `fd`) was refused.
+#[cold]
+pub(crate) fn refusal_to_error(fd: RawFd, refusal: Refusal, record: &Record) -> LendError {
     match refusal {
-        Refusal::Closed => LendError::Closed { fd },
-        Refusal::Stale => LendError::Stale { fd },
-        Refusal::Closing => LendError::Closing { fd },
+        Refusal::Not(State::Closing) => LendError::Closing { fd },
+        Refusal::Not(State::Dead | State::Revoked | State::Open) => gone(fd),
         Refusal::Saturated => LendError::Saturated {
             fd,
-            limit: slot.limit(),
+            limit: record.max_loans(),
         },
+        Refusal::NotLent => LendError::NotLent { fd },
         Refusal::Live => LendError::SlotLive { fd },
     }
 }
 
-fn slot_of_counted(fd: RawFd) -> &'static Slot {
-    table::global()
-        .get(fd)
-        .expect("fdlend: a counted fd has a slot, whose page is never freed")
-}
-
-/// Takes one reference to `(fd, epoch)`.
-pub(crate) fn acquire(fd: RawFd, epoch: u32, taking: Taking) -> Result<Loan, LendError> {
-    let slot = table::global().get(fd).ok_or(LendError::Closed { fd })?;
-    slot.liveness
-        .acquire(epoch, taking, slot.limit())
-        .map(|()| Loan { fd, epoch })
-        .map_err(|refusal| refusal_to_error(fd, refusal, slot))
-}
-
-/// Gives back `holder`'s reference to `(fd, epoch)`, finishing the close if it was
-/// the last.
-fn release(fd: RawFd, epoch: u32, holder: Holder) -> Released {
-    let slot = slot_of_counted(fd);
-    let released = slot.liveness.release(epoch, holder);
-    if released == Released::Drained {
-        close::finish_drained(slot, fd);
+/// A handle's file is gone: `Stale` if its number names another lent file now,
+/// `Closed` otherwise.
+#[cold]
+pub(crate) fn gone(fd: RawFd) -> LendError {
+    match table::global().current(fd) {
+        Some(record) if record.is_live() => LendError::Stale { fd },
+        _ => LendError::Closed { fd },
     }
-    released
 }
 
 /// A counted loan of an fd: it stays open (its close deferred) until the last loan
 /// is dropped. `Send + Sync + Clone`, `'static`, 8 bytes, no heap.
 ///
-/// Cloning and dropping cost one uncontended atomic read-modify-write each, as
-/// `Arc` does.
+/// Cloning and dropping cost one uncontended `fetch_add`/`fetch_sub` each, as `Arc`
+/// does: a loan points at its file's record, which is never reused while a loan
+/// counts in it, so it needs no identity check.
 pub struct Loan {
-    pub(crate) fd: RawFd,
-    pub(crate) epoch: u32,
+    pub(crate) record: &'static Record,
 }
 
 impl Loan {
     /// Another loan of the same file, or `Saturated` at the fd's loan limit. Works
     /// while the file is closing too: this loan keeps it open anyway.
+    #[inline]
     pub fn try_clone(&self) -> Result<Loan, LendError> {
-        acquire(self.fd, self.epoch, Taking::Clone)
+        acquire_held(self.record)
     }
 
     /// The incarnation this loan counts.
     pub fn epoch(&self) -> Epoch {
-        Epoch(self.epoch)
+        Epoch(self.record.incarnation())
     }
 
     /// A ticket for the same file.
     pub fn ticket(&self) -> Ticket {
-        Ticket {
-            fd: self.fd,
-            epoch: self.epoch,
-        }
+        Ticket::of(self.record)
     }
 
     /// False only after the owner's `close_now` revoked this loan's file.
     pub fn is_current(&self) -> bool {
-        self.ticket().is_current()
+        self.record.is_live()
     }
+}
 
-    /// Turns the loan into a raw token without returning its count; give it back
-    /// with [`Loan::from_raw`] or [`return_fd`].
-    pub fn into_raw(self) -> BorrowedFd<'static> {
-        let fd = self.fd;
-        std::mem::forget(self);
-        // SAFETY: the count this loan held is now the token's (see SAFETY.md, raw
-        // tokens); it keeps `fd` open until returned.
-        unsafe { fd::borrow(fd) }
-    }
-
-    /// Rebuilds the loan that a raw token (from [`Loan::into_raw`] or
-    /// [`Lender::lend_fd`](crate::Lender::lend_fd)) stands for, taking over its count.
-    ///
-    /// # Safety
-    /// - `token` came from `Loan::into_raw` or `Lender::lend_fd` and its count has not
-    ///   been returned yet (each token is returned exactly once, by `from_raw` or
-    ///   [`return_fd`]).
-    /// - The lender has not `close_now`ed the token's file since: the count would then
-    ///   belong to whatever file reuses the number. Check [`is_current`] with the epoch
-    ///   you recorded when in doubt.
-    pub unsafe fn from_raw(token: BorrowedFd<'static>) -> Result<Loan, LendError> {
-        let fd = token.as_raw_fd();
-        let word = table::global().get(fd).map(|slot| slot.liveness.load());
-        // While the owner's own reference is counted (Open, Closing) it is not a
-        // loan: taking it would drop the count below the owner's.
-        let lent = word.is_some_and(|word| match word.state() {
-            State::Open | State::Closing => word.count() > 1,
-            State::Orphaned => word.count() > 0,
-            State::Free => false,
-        });
-        match word {
-            Some(word) if lent => Ok(Loan {
-                fd,
-                epoch: word.epoch(),
-            }),
-            _ => Err(LendError::NotLent { fd }),
-        }
+/// One more reference to `record`'s file by a holder of one.
+#[inline]
+pub(crate) fn acquire_held(record: &'static Record) -> Result<Loan, LendError> {
+    match record.liveness.acquire_held(record.admit_below()) {
+        Ok(()) => Ok(Loan { record }),
+        Err(refusal) => Err(refusal_to_error(record.fd(), refusal, record)),
     }
 }
 
@@ -147,38 +103,51 @@ impl Clone for Loan {
     /// # Panics
     /// At the fd's loan limit (2^30 - 2 unless set lower with
     /// [`Lender::with_max_loans`](crate::Lender::with_max_loans)), as `Arc` aborts on
-    /// overflow; use [`Loan::try_clone`] where the limit may be reached.
+    /// overflow, and on a loan revoked by `close_now`; use [`Loan::try_clone`] where
+    /// either may happen.
+    #[inline]
     fn clone(&self) -> Loan {
-        self.try_clone()
-            .unwrap_or_else(|error| panic!("Loan::clone: {error}"))
+        match self.try_clone() {
+            Ok(loan) => loan,
+            Err(error) => clone_failed(error),
+        }
     }
 }
 
+#[cold]
+#[inline(never)]
+fn clone_failed(error: LendError) -> ! {
+    panic!("Loan::clone: {error}")
+}
+
 impl Drop for Loan {
+    #[inline]
     fn drop(&mut self) {
-        release(self.fd, self.epoch, Holder::Loan);
+        self.record.release();
     }
 }
 
 impl AsFd for Loan {
+    #[inline]
     fn as_fd(&self) -> BorrowedFd<'_> {
-        // SAFETY: this loan's count keeps `fd` open for its lifetime (the only
+        // SAFETY: this loan's count keeps the fd open for its lifetime (the only
         // exception is the owner's unsafe `close_now`, whose contract covers it).
-        unsafe { fd::borrow(self.fd) }
+        unsafe { fd::borrow(self.record.fd()) }
     }
 }
 
 impl AsRawFd for Loan {
+    #[inline]
     fn as_raw_fd(&self) -> RawFd {
-        self.fd
+        self.record.fd()
     }
 }
 
 impl fmt::Debug for Loan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Loan")
-            .field("fd", &self.fd)
-            .field("epoch", &self.epoch)
+            .field("fd", &self.record.fd())
+            .field("epoch", &self.record.incarnation())
             .finish()
     }
 }
@@ -187,28 +156,38 @@ impl fmt::Debug for Loan {
 /// `LocalLoan`s: the word counts it once however many local loans share it, and its
 /// release tells the word that the owner is no longer counted.
 pub(crate) struct OwnerRef {
+    pub(crate) record: &'static Record,
     pub(crate) fd: RawFd,
-    pub(crate) epoch: u32,
+    pub(crate) epoch: u64,
 }
 
 impl OwnerRef {
-    pub(crate) fn new(fd: RawFd, epoch: u32) -> OwnerRef {
-        OwnerRef { fd, epoch }
+    pub(crate) fn new(record: &'static Record, fd: RawFd, epoch: u64) -> OwnerRef {
+        OwnerRef { record, fd, epoch }
     }
 
-    /// A new loan of the owner's file (`Taking::New`: refused once closing).
+    /// A new loan of the owner's file.
+    #[inline]
     pub(crate) fn loan(&self) -> Result<Loan, LendError> {
-        acquire(self.fd, self.epoch, Taking::New)
+        acquire_held(self.record)
     }
 
     pub(crate) fn ticket(&self) -> Ticket {
-        Ticket::new(self.fd, self.epoch)
+        Ticket {
+            fd: self.fd,
+            epoch: self.epoch,
+        }
     }
 }
 
 impl Drop for OwnerRef {
     fn drop(&mut self) {
-        release(self.fd, self.epoch, Holder::Owner);
+        // Before the release, which may drain and wake a waiter: from here on no
+        // local loan pins this thread.
+        if let Some(signal) = self.record.signal() {
+            signal.owner_released();
+        }
+        self.record.release_owner();
     }
 }
 
@@ -235,8 +214,9 @@ impl LocalLoan {
 
     /// A counted loan of the same file, for another thread (one atomic operation).
     /// Works while the file is closing too, as [`Loan::try_clone`] does.
+    #[inline]
     pub fn to_send(&self) -> Result<Loan, LendError> {
-        acquire(self.shared.fd, self.shared.epoch, Taking::Clone)
+        self.shared.loan()
     }
 
     /// A ticket for the same file.
@@ -271,32 +251,65 @@ impl fmt::Debug for LocalLoan {
     }
 }
 
-/// A claim on a file that holds nothing open: `Copy`, `Send`, 8 bytes, free to make
-/// and to drop. [`Ticket::pin`] turns it into a [`Loan`] only if the file is still
-/// open and still the same incarnation.
+/// A claim on a file that holds nothing open: `Copy`, `Send`, 16 bytes, free to make
+/// and to drop. [`Ticket::pin`] turns it into a [`Loan`] only if that very file is
+/// still open: `(fd, epoch)` never names another file, however often the number is
+/// reused.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct Ticket {
     fd: RawFd,
-    epoch: u32,
+    epoch: u64,
 }
 
 impl Ticket {
-    pub(crate) fn new(fd: RawFd, epoch: u32) -> Ticket {
-        Ticket { fd, epoch }
+    fn of(record: &Record) -> Ticket {
+        Ticket {
+            fd: record.fd(),
+            epoch: record.incarnation(),
+        }
     }
 
     /// A loan of the ticket's file, or why not: `Closing`, `Closed` (the number is
     /// free), `Stale` (the number names another file now), `Saturated`.
+    ///
+    /// One `fetch_add` on the number's current record, then a check that the record
+    /// still counts this ticket's file; a pin that finds another file gives its unit
+    /// back. While it is in flight the pin counts like a loan (so a racing
+    /// `try_close` may see the file lent).
+    #[inline]
     pub fn pin(&self) -> Result<Loan, LendError> {
-        acquire(self.fd, self.epoch, Taking::New)
+        let Some(record) = table::global().current(self.fd) else {
+            return Err(LendError::Closed { fd: self.fd });
+        };
+        match record.liveness.try_acquire_new(record.admit_below()) {
+            // The Acquire in the add made the record's fields visible, and the unit
+            // now counted keeps them from changing: this check is final.
+            Ok(()) if record.names(self.fd, self.epoch) => Ok(Loan { record }),
+            result => self.refuse(record, result.err().map(|word| word.state())),
+        }
+    }
+
+    /// Gives back a refused pin's unit (it may be the last reference of a closing
+    /// file: the close then happens here) and says why.
+    #[cold]
+    #[inline(never)]
+    fn refuse(&self, record: &'static Record, state: Option<State>) -> Result<Loan, LendError> {
+        let mine = record.names(self.fd, self.epoch);
+        let limit = record.max_loans();
+        record.release();
+        Err(match state {
+            _ if !mine => gone(self.fd),
+            Some(State::Closing) => LendError::Closing { fd: self.fd },
+            Some(State::Dead | State::Revoked) => gone(self.fd),
+            Some(State::Open) | None => LendError::Saturated { fd: self.fd, limit },
+        })
     }
 
     /// True while the ticket's file is open or draining.
     pub fn is_current(&self) -> bool {
-        table::global().get(self.fd).is_some_and(|slot| {
-            let word = slot.liveness.load();
-            word.epoch() == self.epoch && word.state() != State::Free
-        })
+        table::global()
+            .current(self.fd)
+            .is_some_and(|record| record.is_live() && record.names(self.fd, self.epoch))
     }
 
     /// The fd number (which may name another file once the ticket is stale).
@@ -312,33 +325,16 @@ impl Ticket {
 
 /// The epoch of the file currently lent under `fd`'s number, if any.
 pub fn current_epoch(fd: BorrowedFd<'_>) -> Option<Epoch> {
-    let word = table::global().get(fd.as_raw_fd())?.liveness.load();
-    (word.state() != State::Free).then_some(Epoch(word.epoch()))
+    let record = table::global().current(fd.as_raw_fd())?;
+    record.is_live().then(|| Epoch(record.incarnation()))
 }
 
 /// True while `(fd, epoch)` names a file that is lent and not yet closed: the check
 /// a raw token's holder makes before trusting it.
 pub fn is_current(fd: BorrowedFd<'_>, epoch: Epoch) -> bool {
-    Ticket::new(fd.as_raw_fd(), epoch.0).is_current()
-}
-
-/// Returns the count of a raw token from [`Lender::lend_fd`](crate::Lender::lend_fd)
-/// or [`Loan::into_raw`]. If it was the last loan of a closing file, the close
-/// happens here.
-///
-/// Returns `NotLent` when the fd's number has nothing lent (a token returned twice,
-/// or never lent) — where fdlend can see it; it cannot see every misuse.
-///
-/// # Safety
-/// - `token` came from `Lender::lend_fd` or `Loan::into_raw` and has not been
-///   returned yet: each token is returned exactly once.
-/// - The token is not used after this call.
-/// - The lender has not `close_now`ed the token's file since it was lent (otherwise
-///   this would return a count of whatever file now has the number); check
-///   [`is_current`] with the epoch recorded at lending time when that can happen.
-pub unsafe fn return_fd(token: BorrowedFd<'static>) -> Result<(), LendError> {
-    // SAFETY: the caller's contract is exactly `from_raw`'s; dropping the loan
-    // returns the count.
-    drop(unsafe { Loan::from_raw(token) }?);
-    Ok(())
+    Ticket {
+        fd: fd.as_raw_fd(),
+        epoch: epoch.0,
+    }
+    .is_current()
 }

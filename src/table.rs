@@ -2,13 +2,14 @@
 //!
 //! Two levels, like the kernel's own fd table: a fixed array of page pointers, and
 //! pages of slots allocated on first use and never freed while the table lives. A
-//! handle can therefore be just `(fd, epoch)`: its slot is at a fixed address for the
-//! life of the process, and the epoch in the slot's word tells whether it is still
-//! the handle's file.
+//! slot points at the record of the file currently lent under its number and hands
+//! out that number's incarnations. Only registration and `Ticket::pin` come here:
+//! loans point at their record directly.
 
-use crate::close::CloseSignal;
-use crate::liveness::{Liveness, COUNT_MAX};
-use crate::sync::{Arc, AtomicPtr, AtomicU32, Mutex, Ordering};
+use crate::error::LendError;
+use crate::liveness::{Refusal, State};
+use crate::record::{pool, Record};
+use crate::sync::{lock, AtomicPtr, Mutex, Ordering};
 use std::os::fd::RawFd;
 use std::ptr;
 
@@ -30,33 +31,80 @@ pub(crate) const MAX_FD: RawFd = (PAGES * PAGE_SLOTS - 1) as RawFd;
 
 /// Everything fdlend keeps for one fd number.
 pub(crate) struct Slot {
-    pub(crate) liveness: Liveness,
-    /// Largest count the current incarnation allows (the owner's reference included).
-    limit: AtomicU32,
-    /// Set by a closing owner before the word turns `Closing`; taken by the drainer.
-    pub(crate) signal: Mutex<Option<Arc<CloseSignal>>>,
+    /// The record of the file lent under this number (dead between files); null
+    /// before the first registration and after `close_now` detached its record.
+    current: AtomicPtr<Record>,
+    /// Serialises registrations of this number; holds its next incarnation.
+    next_incarnation: Mutex<u64>,
 }
 
 impl Slot {
     fn new() -> Slot {
         Slot {
-            liveness: Liveness::new(),
-            limit: AtomicU32::new(COUNT_MAX),
-            signal: Mutex::new(None),
+            current: AtomicPtr::new(ptr::null_mut()),
+            next_incarnation: Mutex::new(0),
         }
     }
 
-    pub(crate) fn limit(&self) -> u32 {
-        // Relaxed: written by the registering thread before any handle of this
-        // incarnation exists, and every handle reaches its thread through some
-        // synchronisation (a send, a spawn); a stale incarnation's read is harmless
-        // because its epoch check fails anyway.
-        self.limit.load(Ordering::Relaxed)
+    /// The record last registered under this number, if any.
+    #[inline]
+    pub(crate) fn current(&self) -> Option<&'static Record> {
+        // Acquire pairs with the Release in `register` that installed the record.
+        let record = self.current.load(Ordering::Acquire);
+        // SAFETY: non-null pointers here come from `pool().take()`, whose records live
+        // as long as the pool (the process, or the loom execution with this table).
+        (!record.is_null()).then(|| unsafe { &*record })
     }
 
-    pub(crate) fn set_limit(&self, limit: u32) {
-        // Relaxed: see `limit`.
-        self.limit.store(limit, Ordering::Relaxed);
+    /// Opens `fd`'s next incarnation in this slot's record, counting the owner.
+    fn register(&self, fd: RawFd, max_loans: u32) -> Result<(&'static Record, u64), LendError> {
+        let mut next = lock(&self.next_incarnation);
+        let incarnation = *next;
+        if incarnation == u64::MAX {
+            return Err(LendError::Exhausted { fd });
+        }
+        let record = match self.current() {
+            Some(record) if record.liveness.load().state() != State::Dead => {
+                return Err(LendError::SlotLive { fd })
+            }
+            Some(record) => record,
+            None => {
+                let record = pool().take();
+                // Release pairs with `current`'s Acquire (the record's own fields are
+                // published by `open` below).
+                self.current
+                    .store(ptr::from_ref(record).cast_mut(), Ordering::Release);
+                record
+            }
+        };
+        record.set_file(fd, incarnation, max_loans);
+        match record.liveness.open() {
+            Ok(()) => {}
+            Err(Refusal::Live) => unreachable!("a dead record opened under the slot's lock"),
+            Err(other) => unreachable!("open refused with {other:?}"),
+        }
+        *next = incarnation + 1;
+        Ok((record, incarnation))
+    }
+
+    /// Detaches a revoked record: the number's next file gets a fresh one, while the
+    /// revoked loans count down on this one.
+    pub(crate) fn detach(&self, record: &'static Record) {
+        let _registering = lock(&self.next_incarnation);
+        // Release: a pin that still finds the record sees it revoked (its word was
+        // revoked before this), one that finds null reports the file closed.
+        let _ = self.current.compare_exchange(
+            ptr::from_ref(record).cast_mut(),
+            ptr::null_mut(),
+            Ordering::Release,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Moves the next incarnation of this number forward to `to` (never back).
+    pub(crate) fn advance_incarnations(&self, to: u64) {
+        let mut next = lock(&self.next_incarnation);
+        *next = (*next).max(to);
     }
 }
 
@@ -118,6 +166,43 @@ impl Table {
             }
         }
         self.get(fd)
+    }
+}
+
+impl Table {
+    /// Registers `fd` (owned by the caller) for lending: the record now counting it,
+    /// with the owner's reference, and its incarnation.
+    pub(crate) fn register(
+        &self,
+        fd: RawFd,
+        max_loans: u32,
+    ) -> Result<(&'static Record, u64), LendError> {
+        let slot = self
+            .get_or_insert(fd)
+            .ok_or(LendError::OutOfRange { fd, max: MAX_FD })?;
+        slot.register(fd, max_loans)
+    }
+
+    /// The record last registered under `fd`, if any.
+    #[inline]
+    pub(crate) fn current(&self, fd: RawFd) -> Option<&'static Record> {
+        self.get(fd)?.current()
+    }
+
+    /// Detaches `fd`'s revoked record (see `Slot::detach`).
+    pub(crate) fn detach(&self, fd: RawFd, record: &'static Record) {
+        if let Some(slot) = self.get(fd) {
+            slot.detach(record);
+        }
+    }
+
+    /// Moves `fd`'s next incarnation forward to `to` (never back), allocating its slot.
+    pub(crate) fn advance_incarnations(&self, fd: RawFd, to: u64) -> Result<(), LendError> {
+        let slot = self
+            .get_or_insert(fd)
+            .ok_or(LendError::OutOfRange { fd, max: MAX_FD })?;
+        slot.advance_incarnations(to);
+        Ok(())
     }
 }
 

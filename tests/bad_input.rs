@@ -202,15 +202,15 @@ fn returning_a_raw_token_twice_after_the_close_is_not_lent() {
 }
 
 #[test]
-fn from_raw_on_an_unlent_fd_is_not_lent() {
+fn return_fd_of_an_unlent_fd_is_not_lent() {
     leaks_nothing(|| {
         let never_lent = memfd_with(b"plain");
         let fd = never_lent.as_raw_fd();
         // SAFETY: `never_lent` outlives every use of the token, which is only handed
-        // to `from_raw` to be refused.
+        // to `return_fd` to be refused.
         let token = unsafe { BorrowedFd::borrow_raw(fd) };
         // SAFETY: deliberately not a token from `lend_fd`; fdlend must refuse it.
-        let error = unsafe { fdlend::Loan::from_raw(token) }.unwrap_err();
+        let error = unsafe { fdlend::return_fd(token) }.unwrap_err();
         assert_eq!(error, LendError::NotLent { fd });
         assert_explains(&error, fd);
         drop(never_lent);
@@ -221,7 +221,7 @@ fn from_raw_on_an_unlent_fd_is_not_lent() {
         // SAFETY: `lender` owns the fd and outlives the token, which is only refused.
         let token = unsafe { BorrowedFd::borrow_raw(fd) };
         // SAFETY: not from `lend_fd`: nothing was lent, so fdlend must refuse it.
-        let refused = unsafe { fdlend::Loan::from_raw(token) };
+        let refused = unsafe { fdlend::return_fd(token) };
         assert_eq!(refused.unwrap_err(), LendError::NotLent { fd });
         assert_eq!(lender.outstanding(), 0);
         assert_still_lends(&lender, 9);

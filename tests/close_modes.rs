@@ -314,7 +314,7 @@ fn reclaim_resolves_to_the_same_file_unclosed() {
     assert!(parker.poll(&mut future).is_pending());
     assert_lent_and_open(&read);
     holder.release();
-    let owned: OwnedFd = parker.block_on(future);
+    let owned: OwnedFd = parker.block_on(future).expect("no local loans");
     assert!(
         holder.returned(),
         "reclaim resolved before the loan returned"

@@ -8,6 +8,7 @@ use fdlend::glommio::LentDmaFile;
 use fdlend::LendError;
 use glommio::io::DmaFile;
 use glommio_common::*;
+use std::os::fd::AsRawFd;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -109,24 +110,41 @@ fn close_resolves_only_after_the_last_loan_is_back() {
 }
 
 #[test]
-fn reclaim_waits_for_local_loans_and_gives_the_dma_file_back() {
+fn reclaim_with_local_loans_alive_here_refuses_and_the_last_local_loan_closes() {
     let dir = disk_dir("adapter-reclaim");
     let path = dir.join("data");
     write_tagged(&path, 4, BLOCKS);
     executor().run(async {
         let dma = DmaFile::open(&path).await.unwrap();
         let file = LentDmaFile::new(dma).unwrap();
+        let fd = file.as_raw_fd();
         let ticket = file.ticket();
         let local = file.local_loan();
-        let mut reclaim = pin!(file.reclaim());
-        assert!(poll_once(&mut reclaim).await.is_pending());
-        // The local loan still reads the file while the owner waits.
+        // Waiting here could never end while this thread holds a local loan.
+        let error = file.reclaim().await.unwrap_err();
+        assert_eq!(error, LendError::LocalLoansOutstanding { fd, count: 1 });
+        // The local loan still reads the file; the close is now its to do.
         assert_eq!(
             pread_direct(&local, 0, BLOCK).unwrap(),
             expected_block(4, 0)
         );
+        assert_eq!(fds_naming(&path), 1);
         drop(local);
-        let dma = reclaim.await;
+        assert!(!ticket.is_current(), "no longer lent");
+        assert_eq!(fds_naming(&path), 0, "the last local loan closed it");
+    });
+}
+
+#[test]
+fn reclaim_gives_the_dma_file_back_unclosed() {
+    let dir = disk_dir("adapter-reclaim-unclosed");
+    let path = dir.join("data");
+    write_tagged(&path, 4, BLOCKS);
+    executor().run(async {
+        let dma = DmaFile::open(&path).await.unwrap();
+        let file = LentDmaFile::new(dma).unwrap();
+        let ticket = file.ticket();
+        let dma = file.reclaim().await.unwrap();
         assert!(!ticket.is_current(), "no longer lent");
         assert_eq!(fds_naming(&path), 1, "reclaim does not close");
         assert_eq!(identity(fd_of(&dma)), path_identity(&path));
@@ -208,7 +226,6 @@ fn dropping_an_unlent_wrapper_closes_at_once() {
 }
 
 fn fd_of(dma: &DmaFile) -> std::os::fd::BorrowedFd<'_> {
-    use std::os::fd::AsRawFd;
     // SAFETY: `dma` keeps its fd open for the borrow's lifetime.
     unsafe { std::os::fd::BorrowedFd::borrow_raw(dma.as_raw_fd()) }
 }

@@ -1,13 +1,14 @@
-//! Raw tokens (`BorrowedFd<'static>` standing for one counted loan): they read the
-//! lent file, count until returned, round-trip through `into_raw`/`from_raw`, cross
-//! threads, and carry an epoch check that turns false once the file is revoked.
+//! Raw tokens (`BorrowedFd<'static>` or `RawLoan` standing for one counted loan): they
+//! read the lent file, count until returned, round-trip through `into_raw`/`from_raw`,
+//! cross threads, carry an epoch check that turns false once the file is revoked, and
+//! a double or stale return is a typed error that takes no one's count.
 
 mod common;
 
 use common::{
     identity, join, memfd_with, pattern, pipe, pread_exact, read_pipe, write_end, WriteEnd,
 };
-use fdlend::{Lender, Loan};
+use fdlend::{LendError, Lender, Loan};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -46,8 +47,9 @@ fn into_raw_and_from_raw_round_trip_the_count() {
     let lender = lender_of(2);
     let loan = lender.loan().unwrap();
     let epoch = loan.epoch();
-    let token = loan.into_raw();
+    let token = loan.into_raw().unwrap();
     assert_eq!(lender.outstanding(), 1, "into_raw kept the loan's count");
+    assert_eq!(token.epoch(), epoch);
     // SAFETY: `token` came from `into_raw` and has not been returned.
     let loan = unsafe { Loan::from_raw(token) }.unwrap();
     assert_eq!(loan.epoch(), epoch);
@@ -58,10 +60,9 @@ fn into_raw_and_from_raw_round_trip_the_count() {
     );
     assert_eq!(pread_exact(&loan, LEN, 0), pattern(2, LEN));
 
-    // And the other way: a `lend_fd` token rebuilt as a loan.
-    // SAFETY: handed to `from_raw` once, below, and not used after that.
-    let token = unsafe { lender.lend_fd() }.unwrap();
-    // SAFETY: `token` came from `lend_fd` and has not been returned.
+    // And the other way: a `lend_raw` token rebuilt as a loan.
+    let token = lender.lend_raw().unwrap();
+    // SAFETY: `token` came from `lend_raw` and has not been returned.
     let rebuilt = unsafe { Loan::from_raw(token) }.unwrap();
     assert_eq!(lender.outstanding(), 2);
     drop((loan, rebuilt));
@@ -153,7 +154,7 @@ fn a_token_made_on_another_thread_comes_back_as_a_loan() {
     let loan = lender.loan().unwrap();
     let token = join(thread::spawn(move || {
         assert_eq!(pread_exact(&loan, LEN, 0), pattern(5, LEN));
-        loan.into_raw()
+        loan.into_raw().unwrap()
     }));
     assert_eq!(
         lender.outstanding(),
@@ -165,4 +166,70 @@ fn a_token_made_on_another_thread_comes_back_as_a_loan() {
     assert_eq!(loan.epoch(), lender.epoch());
     drop(loan);
     lender.try_close().expect("nothing lent").unwrap();
+}
+
+#[test]
+fn a_double_return_fd_is_refused_and_takes_no_loans_count() {
+    let (read, write) = pipe();
+    let lender = Lender::try_from(write).unwrap();
+    let fd = lender.as_raw_fd();
+    let loan = lender.loan().unwrap();
+    // SAFETY: returned once (the second call below is the misuse under test, which
+    // fdlend refuses because no raw token is out), never used after.
+    let token = unsafe { lender.lend_fd() }.unwrap();
+    // SAFETY: `token` came from `lend_fd` and has not been returned.
+    unsafe { fdlend::return_fd(token) }.unwrap();
+    // SAFETY: deliberately returned twice: only raw counts can be taken, and none is out.
+    let again = unsafe { fdlend::return_fd(token) };
+    assert_eq!(again, Err(LendError::NotLent { fd }));
+    assert_eq!(
+        lender.outstanding(),
+        1,
+        "the safe loan's count is untouched"
+    );
+    let closing = lender.close();
+    nix::unistd::write(&loan, b"l").expect("the loan still holds the pipe open");
+    assert_eq!(read_pipe(&read), (b"l".to_vec(), WriteEnd::Open));
+    drop(loan);
+    assert!(matches!(closing.result(), Some(Ok(()))));
+    assert_eq!(write_end(&read), WriteEnd::Closed);
+}
+
+#[test]
+fn a_raw_loan_returned_twice_or_after_close_now_is_a_typed_error() {
+    let lender = lender_of(6);
+    let fd = lender.as_raw_fd();
+    let token = lender.lend_raw().unwrap();
+    assert!(token.is_current());
+    // SAFETY: `token` came from `lend_raw` and has not been returned.
+    unsafe { fdlend::return_raw(token) }.unwrap();
+    // SAFETY: the deliberate double return: refused, nothing is out.
+    assert_eq!(
+        unsafe { fdlend::return_raw(token) },
+        Err(LendError::NotLent { fd })
+    );
+
+    let stale = lender.lend_raw().unwrap();
+    let loan = lender.loan().unwrap();
+    // SAFETY: neither `stale` nor `loan` is used for I/O after this.
+    unsafe { lender.close_now() }.unwrap();
+    assert!(!stale.is_current());
+    // The number may be lent again at once: its new file's counts are not touched.
+    let again = Lender::try_from(memfd_with(&pattern(7, LEN))).unwrap();
+    let again_loan = again.loan().unwrap();
+    // SAFETY: returning a token of a revoked file: refused, or counted down on the
+    // revoked file's own record; never on `again`'s.
+    let returned = unsafe { fdlend::return_raw(stale) };
+    assert!(
+        matches!(
+            returned,
+            Ok(()) | Err(LendError::Closed { .. } | LendError::Stale { .. })
+        ),
+        "{returned:?}"
+    );
+    drop(loan);
+    assert_eq!(again.outstanding(), 1, "only its own loan");
+    assert_eq!(pread_exact(&again_loan, LEN, 0), pattern(7, LEN));
+    drop(again_loan);
+    again.try_close().expect("nothing lent").unwrap();
 }

@@ -8,6 +8,7 @@ use fdlend::{Lender, Loan, LocalLoan, ShardedLender, SharedLoan};
 use std::hint::black_box;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 /// The classic hand-off: a new kernel fd, closed by the receiver.
@@ -19,9 +20,81 @@ fn dup_close(fd: &impl AsRawFd) {
     drop(black_box(unsafe { OwnedFd::from_raw_fd(copy) }));
 }
 
-/// Handing the fd to a receiver and back, each fdlend way, against `dup` + `close`.
+/// The physical limit of any counted handle: one `fetch_add` and one `fetch_sub` on
+/// a single `AtomicU64` (a `lock xadd` each on x86), nothing else.
+fn xadd_pair(count: &AtomicU64) {
+    black_box(count.fetch_add(1, Ordering::Relaxed));
+    black_box(count.fetch_sub(1, Ordering::Release));
+}
+
+/// Handing the fd to a receiver and back, each fdlend way, against the physical limit
+/// of a counted handle, and against `dup` + `close` for scale.
 pub fn hand_off(settings: &Settings, lender: &Lender, rows: &mut Vec<Row>) {
-    eprintln!("hand-off: lend + release vs dup + close");
+    eprintln!("hand-off: lend + release vs an xadd pair, and vs dup + close");
+    let count = AtomicU64::new(1);
+    let limit = "xadd pair on one `AtomicU64`";
+    let (a, b) = pair(settings, &mut || xadd_pair(black_box(&count)), &mut || {
+        dup_close(lender)
+    });
+    rows.push(row(
+        "xadd pair (the limit of any counted handle)",
+        a,
+        "`dup` + `close`",
+        b,
+        Target::None,
+    ));
+    let (a, b) = pair(
+        settings,
+        &mut || drop(black_box(lender.loan().unwrap())),
+        &mut || xadd_pair(black_box(&count)),
+    );
+    rows.push(row("`loan()` + drop", a, limit, b, Target::AtMost(1.1)));
+    let (a, b) = pair(
+        settings,
+        &mut || {
+            // SAFETY: the token is returned at once and not used after.
+            let token = black_box(unsafe { lender.lend_fd() }.unwrap());
+            // SAFETY: returned exactly once; the lender is alive, so never `close_now`ed.
+            unsafe { fdlend::return_fd(token) }.unwrap();
+        },
+        &mut || xadd_pair(black_box(&count)),
+    );
+    rows.push(row(
+        "`lend_fd` + `return_fd`",
+        a,
+        limit,
+        b,
+        Target::AtMost(1.1),
+    ));
+    let (a, b) = pair(
+        settings,
+        &mut || {
+            let token = black_box(lender.lend_raw().unwrap());
+            // SAFETY: returned exactly once, never used.
+            unsafe { fdlend::return_raw(token) }.unwrap();
+        },
+        &mut || xadd_pair(black_box(&count)),
+    );
+    rows.push(row(
+        "`lend_raw` + `return_raw` (checked)",
+        a,
+        limit,
+        b,
+        Target::None,
+    ));
+    let ticket = lender.ticket();
+    let (a, b) = pair(
+        settings,
+        &mut || drop(black_box(black_box(&ticket).pin().unwrap())),
+        &mut || xadd_pair(black_box(&count)),
+    );
+    rows.push(row(
+        "`Ticket::pin` + drop",
+        a,
+        limit,
+        b,
+        Target::AtMost(1.1),
+    ));
     let (a, b) = pair(
         settings,
         &mut || drop(black_box(lender.loan().unwrap())),
@@ -32,24 +105,7 @@ pub fn hand_off(settings: &Settings, lender: &Lender, rows: &mut Vec<Row>) {
         a,
         "`dup` + `close`",
         b,
-        Target::AtMost(0.01),
-    ));
-    let (a, b) = pair(
-        settings,
-        &mut || {
-            // SAFETY: the token is returned at once and not used after.
-            let token = black_box(unsafe { lender.lend_fd() }.unwrap());
-            // SAFETY: returned exactly once; the lender is alive, so never `close_now`ed.
-            unsafe { fdlend::return_fd(token) }.unwrap();
-        },
-        &mut || dup_close(lender),
-    );
-    rows.push(row(
-        "`lend_fd` + `return_fd`",
-        a,
-        "`dup` + `close`",
-        b,
-        Target::AtMost(0.01),
+        Target::None,
     ));
     let (a, b) = pair(
         settings,
@@ -61,7 +117,7 @@ pub fn hand_off(settings: &Settings, lender: &Lender, rows: &mut Vec<Row>) {
         a,
         "`dup` + `close`",
         b,
-        Target::AtMost(0.01),
+        Target::None,
     ));
 }
 
@@ -100,7 +156,7 @@ pub fn uncontended_clone(
         a,
         "`Rc<OwnedFd>`",
         b,
-        Target::AtMost(1.5),
+        Target::AtMost(1.0),
     ));
     drop(rc);
 
@@ -152,7 +208,7 @@ pub fn two_threads(
         a,
         "`Arc`, 2 threads",
         b,
-        Target::None,
+        Target::AtMost(1.0),
     ));
     let (a, b) = contended_pair(settings, 2, &shared_op, &arc_op);
     rows.push(row(

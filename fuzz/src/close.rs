@@ -2,7 +2,7 @@
 //! real handles and mirrored in the model.
 
 use crate::model::{identity, Phase};
-use crate::world::{extract, World};
+use crate::world::{extract, Token, World};
 use crate::CloseMode;
 use fdlend::{CloseFuture, LendError, Reclaim};
 use std::future::Future;
@@ -94,12 +94,17 @@ impl World {
             CloseMode::CloseNow => {
                 // SAFETY: the model marks every handle of this incarnation revoked, and
                 // revoked handles are only dropped: no I/O, no fstat, and no token
-                // return (its tokens leave the list right here).
+                // return by number (its tokens leave the list right here; `RawLoan`s,
+                // which name their file, are given back later by `ReturnRevoked`).
                 unsafe { lender.close_now() }.expect("close(2) of an open fd");
                 let incarnation = &mut self.model.incarnations[inc];
                 (incarnation.phase, incarnation.revoked) = (Phase::Gone, true);
                 self.model.file_of(inc).open = false;
-                self.tokens.retain(|&(_, of)| of != inc);
+                for token in extract(&mut self.tokens, inc) {
+                    if let Token::Raw(token) = token {
+                        self.revoked_raw.push(token);
+                    }
+                }
             }
             CloseMode::Async { reclaim } => {
                 let wait = if reclaim {
@@ -119,6 +124,7 @@ impl World {
         let loans = extract(&mut self.loans, inc);
         let tokens = extract(&mut self.tokens, inc);
         self.model.incarnations[inc].shared = 0;
+        self.model.incarnations[inc].raw = 0;
         if loans.is_empty() && tokens.is_empty() {
             return None;
         }
@@ -127,28 +133,44 @@ impl World {
             for token in tokens {
                 // SAFETY: each token left `tokens` above, so this is its one return;
                 // its lender is closing, not `close_now`ing, so it is not revoked.
-                unsafe { fdlend::return_fd(token) }.expect("a lent token returns");
+                unsafe { token.give_back() }.expect("a lent token returns");
             }
         }))
     }
 
     pub(crate) fn poll_wait(&mut self, at: usize) {
         let inc = self.waits[at].1;
-        let drained = self.model.incarnations[inc].phase == Phase::Gone;
+        let incarnation = &self.model.incarnations[inc];
+        let drained = incarnation.phase == Phase::Gone;
+        // On this (the owner's) thread, with its local loans alive, waiting could
+        // never end: the future refuses and hands the close to the last local loan.
+        let own_loans = (incarnation.locals > 0).then_some(LendError::LocalLoansOutstanding {
+            fd: incarnation.fd,
+            count: incarnation.locals_at_close as usize,
+        });
         let mut cx = Context::from_waker(Waker::noop());
         let ready = match &mut self.waits[at].0 {
-            Wait::Close(future) => Pin::new(future).poll(&mut cx).map(|result| {
-                result.expect("close(2) of an open fd");
-                self.model.file_of(inc).open = false;
+            Wait::Close(future) => Pin::new(future).poll(&mut cx).map(|result| match result {
+                Ok(()) => self.model.file_of(inc).open = false,
+                Err(error) => assert_eq!(LendError::from_io(&error), own_loans),
             }),
-            Wait::Reclaim(future) => Pin::new(future).poll(&mut cx).map(|owned| {
-                assert_eq!(
-                    identity(owned.as_raw_fd()),
-                    Some(self.model.file_of(inc).identity)
-                );
-                self.unlent.push((owned, self.model.incarnations[inc].file));
+            Wait::Reclaim(future) => Pin::new(future).poll(&mut cx).map(|result| match result {
+                Ok(owned) => {
+                    assert_eq!(
+                        identity(owned.as_raw_fd()),
+                        Some(self.model.file_of(inc).identity)
+                    );
+                    self.unlent.push((owned, self.model.incarnations[inc].file));
+                }
+                Err(error) => assert_eq!(Some(error), own_loans),
             }),
         };
+        if own_loans.is_some() {
+            assert!(ready.is_ready(), "a wait on its own local loans refuses at once");
+            self.waits.swap_remove(at);
+            self.model.incarnations[inc].owner_waits = false;
+            return;
+        }
         assert_eq!(
             ready.is_ready(),
             drained,

@@ -106,8 +106,28 @@ pub enum Op {
     LendFd {
         lender: u8,
     },
+    /// `lend_raw`: the checked raw token.
+    LendRaw {
+        lender: u8,
+    },
     IntoRaw {
         loan: u8,
+    },
+    /// Returns a raw token that is its file's only one, then returns it again: the
+    /// second return must be `NotLent` and take no one's count.
+    ReturnTwice {
+        token: u8,
+    },
+    /// Returns a `RawLoan` whose file was `close_now`ed: it counts down only its own
+    /// revoked record (`Ok`), never the file that reuses the number.
+    ReturnRevoked {
+        token: u8,
+    },
+    /// Moves an unlent file's number to high epochs: past the old 32-bit wrap, or
+    /// near the top of the 64-bit range.
+    AdvanceEpochs {
+        file: u8,
+        near_the_top: bool,
     },
     ReturnFd {
         token: u8,

@@ -4,6 +4,7 @@
 
 use fdlend::{Epoch, LendError};
 use nix::errno::Errno;
+use std::collections::HashMap;
 use std::os::fd::{OwnedFd, RawFd};
 
 pub(crate) type Identity = (u64, u64);
@@ -53,7 +54,11 @@ pub(crate) struct Incarnation {
     pub(crate) phase: Phase,
     /// Counted loans and raw tokens.
     pub(crate) shared: u32,
+    /// Of `shared`, the raw tokens.
+    pub(crate) raw: u32,
     pub(crate) locals: u32,
+    /// Local loans alive when the close began (what `LocalLoansOutstanding` reports).
+    pub(crate) locals_at_close: u32,
     /// `close_now`: its handles count nothing any more.
     pub(crate) revoked: bool,
     /// A `close_async`/`reclaim` future takes the fd at the drain, instead of the
@@ -65,6 +70,9 @@ pub(crate) struct Incarnation {
 pub(crate) struct Model {
     pub(crate) files: Vec<FileRecord>,
     pub(crate) incarnations: Vec<Incarnation>,
+    /// Per fd number, the least epoch its next registration may have: above every
+    /// epoch it had in this input, and at least where `AdvanceEpochs` moved it.
+    next_epoch: HashMap<RawFd, u64>,
 }
 
 impl Model {
@@ -80,7 +88,19 @@ impl Model {
         self.files.len() - 1
     }
 
+    /// Epochs only move forward: a registration of `fd` must be at `at_least` or later.
+    pub(crate) fn advance_epochs(&mut self, fd: RawFd, at_least: u64) {
+        let next = self.next_epoch.entry(fd).or_default();
+        *next = (*next).max(at_least);
+    }
+
     pub(crate) fn register(&mut self, file: usize, fd: RawFd, epoch: Epoch, limit: u32) -> usize {
+        let next = self.next_epoch.entry(fd).or_default();
+        assert!(
+            epoch.get() >= *next,
+            "fd {fd} registered at epoch {epoch}, below {next}: an epoch came back"
+        );
+        *next = epoch.get() + 1;
         self.incarnations.push(Incarnation {
             file,
             fd,
@@ -88,7 +108,9 @@ impl Model {
             limit,
             phase: Phase::Open,
             shared: 0,
+            raw: 0,
             locals: 0,
+            locals_at_close: 0,
             revoked: false,
             owner_waits: false,
         });
@@ -154,6 +176,18 @@ impl Model {
         self.incarnations[inc].shared += 1;
     }
 
+    pub(crate) fn raw_lent(&mut self, inc: usize) {
+        self.incarnations[inc].shared += 1;
+        self.incarnations[inc].raw += 1;
+    }
+
+    pub(crate) fn raw_returned(&mut self, inc: usize) {
+        if !self.incarnations[inc].revoked {
+            self.incarnations[inc].raw -= 1;
+        }
+        self.released(inc, false);
+    }
+
     /// One reference came back; the last one of a closing file closes it (or hands
     /// it to a waiting owner).
     pub(crate) fn released(&mut self, inc: usize, local: bool) {
@@ -174,6 +208,7 @@ impl Model {
     /// A close began (the owner let go): it completes now if nothing is lent.
     pub(crate) fn begin_close(&mut self, inc: usize, owner_waits: bool) {
         self.incarnations[inc].owner_waits = owner_waits;
+        self.incarnations[inc].locals_at_close = self.incarnations[inc].locals;
         self.incarnations[inc].phase = Phase::Closing;
         if self.outstanding(inc) == 0 {
             self.drained(inc);

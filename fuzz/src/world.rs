@@ -4,8 +4,33 @@
 use crate::close::Wait;
 use crate::model::{identity, Model, Phase};
 use crate::{CloseMode, Kind, Op, MAX_FILES, MAX_HANDLES, MAX_LENDERS};
-use fdlend::{Closing, LendError, Lender, Loan, LocalLoan, Ticket};
+use fdlend::{Closing, LendError, Lender, Loan, LocalLoan, RawLoan, Ticket};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
+
+/// A raw token, in either form.
+#[derive(Clone, Copy)]
+pub(crate) enum Token {
+    /// From `lend_fd`.
+    Fd(BorrowedFd<'static>),
+    /// From `lend_raw` or `Loan::into_raw`.
+    Raw(RawLoan),
+}
+
+impl Token {
+    /// Gives the token's count back.
+    ///
+    /// # Safety
+    /// As `return_fd`/`return_raw`: the token has not been returned yet (or the
+    /// caller expects the refusal of a double return), and is not used after.
+    pub(crate) unsafe fn give_back(self) -> Result<(), LendError> {
+        match self {
+            // SAFETY: the caller's contract above.
+            Token::Fd(token) => unsafe { fdlend::return_fd(token) },
+            // SAFETY: the caller's contract above.
+            Token::Raw(token) => unsafe { fdlend::return_raw(token) },
+        }
+    }
+}
 
 /// Every live handle, each beside the model incarnation (or file) it belongs to.
 #[derive(Default)]
@@ -14,7 +39,9 @@ pub struct World {
     pub(crate) lenders: Vec<(Lender, usize)>,
     pub(crate) loans: Vec<(Loan, usize)>,
     pub(crate) locals: Vec<(LocalLoan, usize)>,
-    pub(crate) tokens: Vec<(BorrowedFd<'static>, usize)>,
+    pub(crate) tokens: Vec<(Token, usize)>,
+    /// `RawLoan`s of `close_now`ed files, to be given back later.
+    pub(crate) revoked_raw: Vec<RawLoan>,
     pub(crate) tickets: Vec<(Ticket, usize)>,
     pub(crate) closings: Vec<(Closing, usize)>,
     pub(crate) waits: Vec<(Wait, usize)>,
@@ -75,9 +102,64 @@ impl World {
                     let (token, inc) = (unsafe { lender.lend_fd() }, *inc);
                     assert_eq!(unit(&token), self.model.expect_new(inc), "{op:?}");
                     if let Ok(token) = token {
-                        self.tokens.push((token, inc));
-                        self.model.counted(inc);
+                        self.tokens.push((Token::Fd(token), inc));
+                        self.model.raw_lent(inc);
                     }
+                }
+            }
+            Op::LendRaw { lender: choice } => {
+                if let Some(at) = lender(choice).filter(|_| self.tokens.len() < MAX_HANDLES) {
+                    let (lender, inc) = &self.lenders[at];
+                    let (token, inc) = (lender.lend_raw(), *inc);
+                    assert_eq!(unit(&token), self.model.expect_new(inc), "{op:?}");
+                    if let Ok(token) = token {
+                        assert_eq!(token.epoch(), self.model.incarnations[inc].epoch);
+                        assert!(token.is_current());
+                        self.tokens.push((Token::Raw(token), inc));
+                        self.model.raw_lent(inc);
+                    }
+                }
+            }
+            Op::ReturnTwice { token } => {
+                let alone: Vec<usize> = (0..self.tokens.len())
+                    .filter(|&at| {
+                        let incarnation = &self.model.incarnations[self.tokens[at].1];
+                        !incarnation.revoked && incarnation.raw == 1
+                    })
+                    .collect();
+                if let Some(at) = pick(alone.len(), token) {
+                    let (token, inc) = self.tokens.swap_remove(alone[at]);
+                    let fd = self.model.incarnations[inc].fd;
+                    // SAFETY: left `tokens` just above, so this is its one return.
+                    unsafe { token.give_back() }.expect("a lent token returns");
+                    self.model.raw_returned(inc);
+                    // SAFETY: the deliberate second return: no other raw token of this
+                    // file is out (and nothing ran in between), so it is refused.
+                    let again = unsafe { token.give_back() };
+                    assert_eq!(again, Err(LendError::NotLent { fd }), "{op:?}");
+                }
+            }
+            Op::ReturnRevoked { token } => {
+                if let Some(at) = pick(self.revoked_raw.len(), token) {
+                    let token = self.revoked_raw.swap_remove(at);
+                    assert!(!token.is_current());
+                    // SAFETY: left `revoked_raw` just above, so this is its one return;
+                    // it counts down its own revoked record.
+                    unsafe { fdlend::return_raw(token) }.expect("a revoked token returns");
+                }
+            }
+            Op::AdvanceEpochs { file, near_the_top } => {
+                if let Some(at) = pick(self.unlent.len(), file) {
+                    let fd = self.unlent[at].0.as_raw_fd();
+                    // Past the old 32-bit wrap, or high in the 64-bit range but far
+                    // enough from the top that no run can use it up.
+                    let to = if near_the_top {
+                        u64::MAX - (1 << 40)
+                    } else {
+                        (1 << 32) - 2
+                    };
+                    fdlend::testing::advance_epochs(fd, to).expect("a number in range");
+                    self.model.advance_epochs(fd, to);
                 }
             }
             Op::LocalLoan { lender: choice } => {
@@ -145,7 +227,9 @@ impl World {
                     pick(unrevoked.len(), loan).filter(|_| self.tokens.len() < MAX_HANDLES)
                 {
                     let (loan, inc) = self.loans.swap_remove(unrevoked[at]);
-                    self.tokens.push((loan.into_raw(), inc));
+                    let token = loan.into_raw().expect("far below the raw limit");
+                    self.tokens.push((Token::Raw(token), inc));
+                    self.model.incarnations[inc].raw += 1;
                 }
             }
             Op::ReturnFd {
@@ -154,17 +238,21 @@ impl World {
             } => {
                 if let Some(at) = pick(self.tokens.len(), token) {
                     let (token, inc) = self.tokens.swap_remove(at);
-                    if via_from_raw {
-                        // SAFETY: the token came from `lend_fd`/`into_raw`, left `tokens`
-                        // just above so it is returned once, and is not revoked
-                        // (`close_now` drops its incarnation's tokens from the list).
-                        let loan = unsafe { Loan::from_raw(token) }.expect("a lent token");
-                        assert_eq!(loan.epoch(), self.model.incarnations[inc].epoch);
-                        self.loans.push((loan, inc));
-                    } else {
-                        // SAFETY: as for `from_raw` above.
-                        unsafe { fdlend::return_fd(token) }.expect("a lent token returns");
-                        self.model.released(inc, false);
+                    match token {
+                        Token::Raw(token) if via_from_raw => {
+                            // SAFETY: the token came from `lend_raw`/`into_raw`, left
+                            // `tokens` just above so it is returned once, and is not
+                            // revoked (`close_now` moves those to `revoked_raw`).
+                            let loan = unsafe { Loan::from_raw(token) }.expect("a lent token");
+                            assert_eq!(loan.epoch(), self.model.incarnations[inc].epoch);
+                            self.loans.push((loan, inc));
+                            self.model.incarnations[inc].raw -= 1;
+                        }
+                        token => {
+                            // SAFETY: as for `from_raw` above.
+                            unsafe { token.give_back() }.expect("a lent token returns");
+                            self.model.raw_returned(inc);
+                        }
                     }
                 }
             }
@@ -328,8 +416,12 @@ impl World {
         while let Some((token, inc)) = self.tokens.pop() {
             // SAFETY: popped, so returned once; revoked tokens left the list at
             // `close_now`.
-            unsafe { fdlend::return_fd(token) }.expect("a lent token returns");
-            self.model.released(inc, false);
+            unsafe { token.give_back() }.expect("a lent token returns");
+            self.model.raw_returned(inc);
+        }
+        while let Some(token) = self.revoked_raw.pop() {
+            // SAFETY: popped, so returned once; it counts down its revoked record.
+            unsafe { fdlend::return_raw(token) }.expect("a revoked token returns");
         }
         while let Some((loan, inc)) = self.loans.pop() {
             drop(loan);

@@ -1,6 +1,8 @@
 //! fd-number ABA: after `close_now` the number is reused by another file and lent
 //! again. A ticket or loan of the old file must never reach the new one: pins are
-//! refused (`Closed`, then `Stale`) and old loans' drops count nothing.
+//! refused (`Closed`, then `Stale`) and old loans' drops count down only their own
+//! revoked record, never the new file's. The same holds at the very end of a
+//! number's epochs, where the next registration is refused instead of wrapping.
 #![cfg(loom)]
 
 use fdlend::{LendError, Lender};
@@ -11,13 +13,29 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 #[test]
 fn stale_ticket_never_pins_the_reused_number() {
+    reuse_after_close_now(None);
+}
+
+#[test]
+fn at_the_end_of_its_epochs_a_number_refuses_to_wrap() {
+    reuse_after_close_now(Some(u64::MAX - 2));
+}
+
+/// The scenario; `start` moves the number's epochs forward first.
+fn reuse_after_close_now(start: Option<u64>) {
     let seen = Seen::default();
     let noted = seen.clone();
     model(move || {
         let (old_witness, old_write) = pipe();
         // Made before the old fd closes, so its own numbers are not the one to reuse.
         let (new_witness, new_write) = pipe();
+        if let Some(start) = start {
+            fdlend::testing::advance_epochs(old_write.as_raw_fd(), start).unwrap();
+        }
         let old = Lender::new(old_write).unwrap();
+        if let Some(start) = start {
+            assert_eq!(old.epoch().get(), start);
+        }
         let number = old.as_raw_fd();
         let ticket = old.ticket();
         let old_loan = old.loan().unwrap();
@@ -79,11 +97,19 @@ fn stale_ticket_never_pins_the_reused_number() {
         assert_eq!(ticket.pin().unwrap_err(), LendError::Stale { fd: number });
         nix::unistd::write(&new_loan, b"n").expect("the new file is open");
         drop(new_loan);
-        let new = match new.try_close() {
-            Ok(result) => result,
+        let new_fd = match new.into_owned_fd() {
+            Ok(fd) => fd,
             Err(lender) => panic!("the new file is still lent: {lender:?}"),
         };
-        new.expect("close(2) of the new file");
+        if start.is_some() {
+            // The number's last epoch is used up: refused, the fd handed back open.
+            let refused = Lender::new(new_fd).unwrap_err();
+            assert_eq!(refused.error(), LendError::Exhausted { fd: number });
+            assert_eq!(ticket.pin().unwrap_err(), LendError::Closed { fd: number });
+            drop(refused.into_fd());
+        } else {
+            drop(new_fd);
+        }
         assert_eq!(new_witness.drain(), (b"n".to_vec(), true));
     });
     seen.assert_exactly(&["Closed", "Stale", "pinned"]);

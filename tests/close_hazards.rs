@@ -1,0 +1,203 @@
+//! Closing from inside user code and from the owner's own thread: a `Waker` that owns
+//! the last loan can be replaced or dropped by the close futures without deadlocking
+//! (no lock is held while it drops), and every wait that could never end on the
+//! owner's thread (its local loans alive there) returns a typed error at once, while
+//! the close itself goes to the last local loan, exactly once.
+
+mod common;
+
+use common::{pipe, write_end, write_through, Parker, WriteEnd};
+use fdlend::{LendError, Lender, Loan};
+use std::future::Future;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+/// A waker that owns a loan: dropping the waker returns the loan. `std::task::Wake`
+/// is safe to implement, so any user can build one.
+struct LoanWaker {
+    _loan: Mutex<Option<Loan>>,
+}
+
+impl Wake for LoanWaker {
+    fn wake(self: Arc<Self>) {}
+}
+
+fn waker_owning(loan: Loan) -> Waker {
+    Waker::from(Arc::new(LoanWaker {
+        _loan: Mutex::new(Some(loan)),
+    }))
+}
+
+/// Runs `body` on its own thread and fails (instead of hanging the suite) if it
+/// has not finished within a minute: a deadlock shows as that failure.
+fn finishes<T: Send + 'static>(what: &str, body: impl FnOnce() -> T + Send + 'static) -> T {
+    let (done, finished) = mpsc::channel();
+    std::thread::spawn(move || done.send(body()).unwrap());
+    finished
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("{what} deadlocked"))
+}
+
+fn poll_with<F: Future + Unpin>(future: &mut F, waker: &Waker) -> Poll<F::Output> {
+    Pin::new(future).poll(&mut Context::from_waker(waker))
+}
+
+#[test]
+fn a_dropped_reclaim_drops_a_waker_owning_the_last_loan_without_deadlock() {
+    let read = finishes("dropping the Reclaim", || {
+        let (read, write) = pipe();
+        let lender = Lender::try_from(write).unwrap();
+        let waker = waker_owning(lender.loan().unwrap());
+        let mut reclaim = lender.reclaim();
+        assert!(poll_with(&mut reclaim, &waker).is_pending());
+        drop(waker);
+        assert_eq!(
+            write_end(&read),
+            WriteEnd::Open,
+            "the stored waker holds the loan"
+        );
+        // The drop hands the close to the last loan, which is the waker's: it drains
+        // (and closes) while the Reclaim gives up its waker.
+        drop(reclaim);
+        read
+    });
+    assert_eq!(write_end(&read), WriteEnd::Closed, "closed once");
+}
+
+#[test]
+fn a_close_future_repolled_with_a_new_waker_drops_the_old_one_without_deadlock() {
+    let read = finishes("re-polling the CloseFuture", || {
+        let (read, write) = pipe();
+        let lender = Lender::try_from(write).unwrap();
+        let first = waker_owning(lender.loan().unwrap());
+        let mut close = lender.close_async();
+        assert!(poll_with(&mut close, &first).is_pending());
+        drop(first);
+        // Replacing the stored waker drops it, and with it the last loan: the drain
+        // wakes the new waker and the next poll closes.
+        let parker = Parker::new();
+        assert!(parker.poll(&mut close).is_pending());
+        assert_eq!(parker.wakes(), 1, "the drain woke the new waker");
+        assert!(matches!(parker.poll(&mut close), Poll::Ready(Ok(()))));
+        read
+    });
+    assert_eq!(write_end(&read), WriteEnd::Closed);
+}
+
+#[test]
+fn a_closing_polled_with_a_new_waker_drops_the_old_one_without_deadlock() {
+    let read = finishes("re-polling Closing", || {
+        let (read, write) = pipe();
+        let lender = Lender::try_from(write).unwrap();
+        let first = waker_owning(lender.loan().unwrap());
+        let mut closing = lender.close();
+        assert!(poll_with(&mut closing, &first).is_pending());
+        drop(first);
+        let parker = Parker::new();
+        // The old waker's loan was the last: the deferred close happens right in
+        // this poll (on this thread), which then finds it done or is woken.
+        let _ = parker.poll(&mut closing);
+        assert!(matches!(closing.result(), Some(Ok(()))));
+        read
+    });
+    assert_eq!(write_end(&read), WriteEnd::Closed);
+}
+
+/// A lender of a pipe's write end with one local loan alive on this thread.
+fn lent_with_a_local_loan() -> (std::fs::File, Lender, fdlend::LocalLoan) {
+    let (read, write) = pipe();
+    let lender = Lender::try_from(write).unwrap();
+    let local = lender.local_loan();
+    (read, lender, local)
+}
+
+fn own_loans_error(fd: i32) -> LendError {
+    LendError::LocalLoansOutstanding { fd, count: 1 }
+}
+
+#[test]
+fn closing_wait_on_the_owners_thread_with_local_loans_is_refused_and_closes_later() {
+    let (read, lender, local) = lent_with_a_local_loan();
+    let fd = lender.as_raw_fd();
+    let closing = lender.close();
+    let error = closing.wait().unwrap_err();
+    assert_eq!(LendError::from_io(&error), Some(own_loans_error(fd)));
+    write_through(&local, b"l");
+    assert_eq!(write_end(&read), WriteEnd::Open);
+    drop(local);
+    assert_eq!(
+        write_end(&read),
+        WriteEnd::Closed,
+        "the local loan closed it"
+    );
+}
+
+#[test]
+fn awaiting_closing_on_the_owners_thread_with_local_loans_is_refused() {
+    let (read, lender, local) = lent_with_a_local_loan();
+    let fd = lender.as_raw_fd();
+    let mut closing = lender.close();
+    let parker = Parker::new();
+    let Poll::Ready(Err(error)) = parker.poll(&mut closing) else {
+        panic!("awaiting Closing here would never end")
+    };
+    assert_eq!(LendError::from_io(&error), Some(own_loans_error(fd)));
+    drop(local);
+    assert_eq!(write_end(&read), WriteEnd::Closed);
+    assert!(matches!(closing.result(), Some(Ok(()))));
+}
+
+#[test]
+fn close_async_on_the_owners_thread_with_local_loans_is_refused() {
+    let (read, lender, local) = lent_with_a_local_loan();
+    let fd = lender.as_raw_fd();
+    let error = Parker::new().block_on(lender.close_async()).unwrap_err();
+    assert_eq!(LendError::from_io(&error), Some(own_loans_error(fd)));
+    assert_eq!(write_end(&read), WriteEnd::Open);
+    drop(local);
+    assert_eq!(
+        write_end(&read),
+        WriteEnd::Closed,
+        "handed to the local loan"
+    );
+}
+
+#[test]
+fn reclaim_on_the_owners_thread_with_local_loans_is_refused() {
+    let (read, lender, local) = lent_with_a_local_loan();
+    let fd = lender.as_raw_fd();
+    let error = Parker::new().block_on(lender.reclaim()).unwrap_err();
+    assert_eq!(error, own_loans_error(fd));
+    drop(local);
+    assert_eq!(
+        write_end(&read),
+        WriteEnd::Closed,
+        "handed to the local loan"
+    );
+}
+
+#[test]
+fn reclaim_wait_on_the_owners_thread_with_local_loans_hands_the_lender_back() {
+    let (read, lender, local) = lent_with_a_local_loan();
+    let lender = lender.reclaim_wait().expect_err("would never end");
+    drop(local);
+    let fd = lender.reclaim_wait().expect("no local loan now");
+    drop(fd);
+    assert_eq!(write_end(&read), WriteEnd::Closed);
+}
+
+#[test]
+fn a_wait_on_another_thread_ends_when_the_owners_local_loans_go() {
+    let (read, lender, local) = lent_with_a_local_loan();
+    let closing = lender.close();
+    let waiter = std::thread::spawn(move || closing.wait());
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(!waiter.is_finished(), "waits while the local loan lives");
+    drop(local);
+    waiter.join().unwrap().expect("close(2)");
+    assert_eq!(write_end(&read), WriteEnd::Closed);
+}
