@@ -87,6 +87,49 @@ fn shared_loans_read_the_file_from_many_threads_and_close_it_once() {
     assert_not_closed_again(number, || {});
 }
 
+/// After the switch every drop goes to the central count, and the one that reaches
+/// zero frees the family and closes on its own thread while the other holders may
+/// still be leaving their drops: that last decrement must come after every other
+/// holder's uses. Here nothing else orders the holders (they only write the pipe,
+/// which TSan treats as a release, never an acquire), so under ThreadSanitizer
+/// (`scripts/check sanitize`) a central decrement weakened to Release shows up as a
+/// race between one holder's last read of the family and the free by another.
+#[test]
+fn shared_loans_dropped_at_once_after_the_switch_close_after_all_their_uses() {
+    let _serial = serial();
+    let (read, write) = pipe();
+    let sharded = ShardedLender::try_from(write).unwrap();
+    let number = sharded.as_raw_fd();
+    let tags = *b"abcd";
+    let go = std::sync::Arc::new(Barrier::new(tags.len() + 1));
+    let holders: Vec<_> = tags
+        .into_iter()
+        .map(|tag| {
+            let loan = sharded.loan();
+            let go = std::sync::Arc::clone(&go);
+            thread::spawn(move || {
+                go.wait();
+                write_through(&loan, &[tag]);
+                drop(loan);
+            })
+        })
+        .collect();
+    // The switch comes before any holder's drop: all of them count centrally.
+    let closing = sharded.close();
+    assert!(!closing.is_closed(), "four shared loans still out");
+    go.wait();
+    closing.wait().expect("close(2) of the pipe's write end");
+    let (mut written, write_end) = read_pipe(&read);
+    written.sort_unstable();
+    assert_eq!(
+        (written, write_end),
+        (tags.to_vec(), WriteEnd::Closed),
+        "every holder wrote before the close"
+    );
+    // The holder that ended the family may still be finishing its drop.
+    assert_not_closed_again(number, || holders.into_iter().for_each(join));
+}
+
 #[test]
 fn eof_arrives_when_the_last_shared_loan_drops_on_another_thread() {
     let _serial = serial();
