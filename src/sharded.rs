@@ -173,7 +173,10 @@ const CENTRAL_RELEASE_ORDERING: Ordering = Ordering::AcqRel;
 /// The deliberately broken build: the decrement that ends the family does not acquire
 /// the other decrements (nor the fold), so another loan's last use of the fd is not
 /// ordered before the close. The loom model
-/// `uses_before_every_central_release_happen_before_the_close` must fail with it.
+/// `uses_before_every_central_release_happen_before_the_close` must fail with it, and
+/// so must the integration test
+/// `shared_loans_dropped_at_once_after_the_switch_close_after_all_their_uses` under
+/// Miri and ThreadSanitizer.
 #[cfg(fdlend_broken_sharded_release)]
 const CENTRAL_RELEASE_ORDERING: Ordering = Ordering::Release;
 
