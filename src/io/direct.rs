@@ -36,7 +36,8 @@ pub struct DirectAlignment {
 impl DirectAlignment {
     /// Learns the alignment of `fd`'s file: `statx(STATX_DIOALIGN)` first, then the
     /// block device's logical block size, then `st_blksize`, then 4096.
-    pub fn of(fd: BorrowedFd<'_>) -> Result<DirectAlignment, RegionError> {
+    pub fn of(fd: impl AsFd) -> Result<DirectAlignment, RegionError> {
+        let fd = fd.as_fd();
         if let Some(found) = statx_dioalign(fd) {
             return Ok(found);
         }
