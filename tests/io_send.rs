@@ -77,7 +77,7 @@ fn every_path(
                 drop(write);
                 (reader.join().unwrap(), progress)
             };
-            let SendProgress::Done { sent, path } = path else {
+            let SendProgress::Done { sent, path, .. } = path else {
                 panic!("blocking send blocked: {path:?}")
             };
             assert_eq!(sent, len);
@@ -245,11 +245,13 @@ fn non_blocking_destinations_block_and_resume_until_done() {
             sent,
             mut rest,
             path,
+            by_path,
         } = progress
         else {
             panic!("{first:?}: {progress:?}")
         };
         assert_eq!(path, first);
+        assert_eq!(by_path.get(first), sent, "one path moved every byte");
         assert_eq!(rest.offset(), 3 + sent);
         assert_eq!(lender.outstanding(), 1, "the rest holds the loan");
         let reader = read_all(client);
