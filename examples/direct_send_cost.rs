@@ -39,7 +39,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err(format!("LEN must be 1..={}", FILE_LEN / 4).into());
     }
     let path = std::env::temp_dir().join(format!("fdlend-send-cost-{}", std::process::id()));
-    let bytes: Vec<u8> = (0..FILE_LEN).map(|i| (i * 31 ^ i >> 9) as u8).collect();
+    let bytes: Vec<u8> = (0..FILE_LEN).map(|i| ((i * 31) ^ (i >> 9)) as u8).collect();
     File::create(&path)?.write_all(&bytes)?;
     let direct = OpenOptions::new()
         .read(true)

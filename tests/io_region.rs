@@ -224,6 +224,7 @@ fn lender_and_ticket_make_regions_directly() {
 }
 
 #[test]
+#[allow(clippy::reversed_empty_ranges)] // reversed on purpose
 fn a_reversed_range_is_its_own_error_and_counts_nothing() {
     let file = TempFile::with(&pattern(100));
     let lender = Lender::try_from(file.open()).unwrap();

@@ -290,6 +290,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::reversed_empty_ranges)] // reversed on purpose
     fn ranges_resolve_relative_to_the_region() {
         assert_eq!(resolve(2..5, 10), Ok((2, 5)));
         assert_eq!(resolve(..=9, 10), Ok((0, 10)));

@@ -221,7 +221,6 @@ impl LentRegion {
         };
         let (sent, by_path) = (cursor.sent, cursor.by_path);
         let path = by_path.most().unwrap_or(cursor.running);
-        drop(cursor);
         match step {
             Step::Finished => Ok(SendProgress::Done {
                 sent,

@@ -223,15 +223,13 @@ impl<'a> Cursor<'a> {
         let copied = with_bounce(len as usize, buffer_align, |bounce| {
             self.copy_through(end, unit, bounce)
         });
-        copied.unwrap_or_else(|| {
-            Step::Failed(SendError::Read {
-                sent: self.sent,
-                error: RegionError::Overflow {
-                    offset: self.pos,
-                    len,
-                },
-            })
-        })
+        copied.unwrap_or(Step::Failed(SendError::Read {
+            sent: self.sent,
+            error: RegionError::Overflow {
+                offset: self.pos,
+                len,
+            },
+        }))
     }
 
     /// The loop of [`copy`](Cursor::copy); `unit` is 1 for page-cache sources.
