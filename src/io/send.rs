@@ -269,3 +269,40 @@ impl LentRegion {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_bytes_name_the_path_that_moved_most_and_every_path_that_ran() {
+        let mut moved = PathBytes::default();
+        assert_eq!((moved.most(), moved.ran().count()), (None, 0));
+        moved.add(SendPath::ReadWrite, 512);
+        moved.add(SendPath::Splice, 1 << 20);
+        moved.add(SendPath::ReadWrite, 77);
+        assert_eq!(moved.most(), Some(SendPath::Splice));
+        assert_eq!(moved.get(SendPath::ReadWrite), 589);
+        assert_eq!(moved.get(SendPath::Sendfile), 0);
+        let ran: Vec<SendPath> = moved.ran().collect();
+        assert_eq!(ran, [SendPath::Splice, SendPath::ReadWrite]);
+        let mut tie = PathBytes::default();
+        tie.add(SendPath::ReadWrite, 10);
+        tie.add(SendPath::Sendfile, 10);
+        assert_eq!(
+            tie.most(),
+            Some(SendPath::Sendfile),
+            "a tie names the faster path"
+        );
+    }
+
+    #[test]
+    fn paths_run_from_the_first_asked_in_order() {
+        assert_eq!(paths_from(SendPath::Sendfile), ORDER);
+        assert_eq!(
+            paths_from(SendPath::Splice),
+            [SendPath::Splice, SendPath::ReadWrite]
+        );
+        assert_eq!(paths_from(SendPath::ReadWrite), [SendPath::ReadWrite]);
+    }
+}
