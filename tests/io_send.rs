@@ -368,3 +368,25 @@ fn an_unwritable_destination_is_a_typed_error_on_the_last_path() {
     assert_eq!(lender.outstanding(), 0, "the failed send returned its loan");
     assert!(lender.try_close().is_ok());
 }
+
+/// The kernel refuses an O_DIRECT read whose end passes `i64::MAX`, so the last
+/// aligned block below it cannot be read; there (far past any file's end) reads and
+/// sends say end of file, as buffered ones do, and never `EINVAL`.
+#[test]
+fn an_o_direct_region_at_the_largest_offset_is_past_end_of_file() {
+    let file = TempFile::with(&pattern(4096));
+    let Some(direct) = file.open_direct() else {
+        return;
+    };
+    let lender = Lender::try_from(direct).unwrap();
+    let last = i64::MAX as u64 - 2;
+    for first in [SendPath::Sendfile, SendPath::Splice, SendPath::ReadWrite] {
+        let region = LentRegion::new(lender.loan().unwrap(), last, 2).unwrap();
+        assert_eq!(region.read_at(0, &mut [0; 2]), Ok(0), "read");
+        let (read, write) = pipe();
+        let error = region.send_via(&write, first).unwrap_err();
+        assert_eq!(error, SendError::SourceEnded { sent: 0, wanted: 2 }, "{first:?}");
+        drop((read, write));
+    }
+    assert!(lender.try_close().is_ok());
+}

@@ -145,6 +145,14 @@ pub(super) fn with_bounce<R>(
     Some(result)
 }
 
+/// Where an aligned read that wants to reach `end` must stop: the kernel refuses
+/// (`EINVAL`) a read whose end passes `i64::MAX`, so the last `unit`-block below it
+/// cannot be read with O_DIRECT; a buffered read there finds end of file, and so do
+/// the widened reads and copying sends (no filesystem has bytes there).
+pub(super) fn direct_read_end(end: u64, unit: u64) -> u64 {
+    end.min(i64::MAX as u64 / unit * unit)
+}
+
 /// The loop of [`read_widened`]: aligned reads of at most `bounce_len` into `bounce`,
 /// copying the asked bytes out to `buf`.
 fn copy_widened(
@@ -161,7 +169,13 @@ fn copy_widened(
         let want = pos + done as u64;
         let start = want / unit * unit;
         let skip = (want - start) as usize;
-        let end = (wanted_end.div_ceil(unit) * unit).min(start + bounce_len);
+        let end = direct_read_end(
+            (wanted_end.div_ceil(unit) * unit).min(start + bounce_len),
+            unit,
+        );
+        if end <= start {
+            break;
+        }
         let io_len = (end - start) as usize;
         let (got, error) = pread_fill(fd, &mut bounce[..io_len], start, true);
         if let Some(errno) = error {

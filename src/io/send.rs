@@ -187,8 +187,12 @@ impl LentRegion {
     /// It never fails for want of an fd: `splice` into a non-pipe borrows the
     /// thread's spare pipe (made once, kept, see
     /// [`release_thread_pipe`](super::release_thread_pipe)), and when no pipe can be
-    /// made (`EMFILE`) the copy path, which needs none, serves instead. On an O_DIRECT
-    /// file only the unaligned edges of the range are copied.
+    /// made (`EMFILE`) a path that needs none serves instead. On an O_DIRECT file no
+    /// call is made that the kernel refuses for unaligned offsets: a range spanning
+    /// more than one bounce read (1 MiB) has only its unaligned edges copied and its
+    /// aligned middle spliced (or sent with sendfile); a smaller unaligned one is
+    /// copied with one aligned read. [`SendProgress`] says how many bytes each path
+    /// moved.
     ///
     /// `sendfile` and `splice` raise `SIGPIPE` on a hung-up socket or pipe like
     /// `write` does. Rust programs ignore `SIGPIPE` from the start (std sets it to

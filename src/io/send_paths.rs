@@ -7,7 +7,7 @@
 use super::direct::DirectAlignment;
 use super::error::{RegionError, SendError, SendPath};
 use super::pipe_pool::{self, Pipe};
-use super::read::{io, pread_fill, with_bounce, BOUNCE_MAX};
+use super::read::{direct_read_end, io, pread_fill, with_bounce, BOUNCE_MAX};
 use super::send::PathBytes;
 use nix::errno::Errno;
 use nix::fcntl::{splice, SpliceFFlags};
@@ -239,6 +239,10 @@ impl<'a> Cursor<'a> {
             let start = self.pos / unit * unit;
             let skip = (self.pos - start) as usize;
             let read_end = (end.div_ceil(unit) * unit).min(start + bounce.len() as u64);
+            let read_end = direct_read_end(read_end, unit);
+            if read_end <= start {
+                return Step::Eof;
+            }
             let read_len = (read_end - start) as usize;
             let (got, error) = pread_fill(self.src, &mut bounce[..read_len], start, direct);
             match error {
