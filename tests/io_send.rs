@@ -385,7 +385,11 @@ fn an_o_direct_region_at_the_largest_offset_is_past_end_of_file() {
         assert_eq!(region.read_at(0, &mut [0; 2]), Ok(0), "read");
         let (read, write) = pipe();
         let error = region.send_via(&write, first).unwrap_err();
-        assert_eq!(error, SendError::SourceEnded { sent: 0, wanted: 2 }, "{first:?}");
+        assert_eq!(
+            error,
+            SendError::SourceEnded { sent: 0, wanted: 2 },
+            "{first:?}"
+        );
         drop((read, write));
     }
     assert!(lender.try_close().is_ok());
