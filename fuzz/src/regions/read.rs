@@ -298,7 +298,9 @@ fn check_paths(fd: Fd, first: SendPath, path: SendPath, by_path: &PathBytes, sen
     assert_eq!(counted, sent, "{by_path:?} for {sent} bytes sent");
     if sent > 0 {
         assert!(
-            by_path.ran().all(|ran| by_path.get(ran) <= by_path.get(path)),
+            by_path
+                .ran()
+                .all(|ran| by_path.get(ran) <= by_path.get(path)),
             "{path:?} reported, {by_path:?} moved"
         );
     }
