@@ -7,14 +7,31 @@ use nix::fcntl::OFlag;
 use std::cell::Cell;
 use std::os::fd::OwnedFd;
 
-/// The size asked for a new pipe: the default `pipe-max-size`, which any user may
-/// ask for.
-const PIPE_SIZE: libc::c_int = 1 << 20;
+/// The size a pipe grows to for O_DIRECT sources: the default `pipe-max-size`, which
+/// any user may ask for.
+const BIG_PIPE: libc::c_int = 1 << 20;
 
 /// Both ends of a pipe.
 pub(super) struct Pipe {
     pub(super) read: OwnedFd,
     pub(super) write: OwnedFd,
+    /// Grown to [`BIG_PIPE`] (or tried to: a refusal is not retried).
+    grown: bool,
+}
+
+impl Pipe {
+    /// Grows the pipe to 1 MiB, once. From an O_DIRECT file each file-to-pipe splice
+    /// is one disk read of the pipe's free space, so the default 16 pages would mean a
+    /// disk round trip per 64 KiB. The kernel charges a pipe's capacity to its user
+    /// (`/proc/sys/fs/pipe-user-pages-soft`, 64 MiB by default, after which new pipes
+    /// get 2 pages), so only threads that send O_DIRECT files grow theirs; a refusal
+    /// (`EPERM` past that limit) keeps the default.
+    pub(super) fn grow(&mut self) {
+        if !self.grown {
+            self.grown = true;
+            let _ = nix::fcntl::fcntl(&self.write, nix::fcntl::FcntlArg::F_SETPIPE_SZ(BIG_PIPE));
+        }
+    }
 }
 
 thread_local! {
@@ -31,12 +48,11 @@ pub(super) fn take() -> Result<Pipe, Errno> {
         return Ok(pipe);
     }
     let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
-    // A bigger pipe moves more per splice: from an O_DIRECT file each file-to-pipe
-    // splice is one disk read of the pipe's free space, so 16 pages (the default)
-    // would mean a disk round trip per 64 KiB. Pages are taken only while bytes are
-    // in the pipe; a refusal (above /proc/sys/fs/pipe-max-size) keeps the default.
-    let _ = nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
-    Ok(Pipe { read, write })
+    Ok(Pipe {
+        read,
+        write,
+        grown: false,
+    })
 }
 
 /// Keeps `pipe` for this thread's next splice. Only an empty pipe may be given back:

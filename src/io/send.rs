@@ -158,6 +158,7 @@ fn send_direct(cursor: &mut Cursor<'_>, end: u64, first: SendPath, align: Direct
             return step;
         }
     }
+    cursor.big_pipe = true;
     let middle_paths: &[SendPath] = match first {
         SendPath::Sendfile => &[SendPath::Splice, SendPath::Sendfile],
         _ => &[SendPath::Splice],

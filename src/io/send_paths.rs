@@ -55,6 +55,8 @@ pub(super) struct Cursor<'a> {
     out_is_pipe: Option<bool>,
     /// Set once `send(2)` said `ENOTSOCK`, so later writes go straight to `write(2)`.
     out_not_socket: bool,
+    /// The source is O_DIRECT: splice through a grown pipe ([`Pipe::grow`]).
+    pub(super) big_pipe: bool,
 }
 
 impl<'a> Cursor<'a> {
@@ -68,6 +70,7 @@ impl<'a> Cursor<'a> {
             running: SendPath::Sendfile,
             out_is_pipe: None,
             out_not_socket: false,
+            big_pipe: false,
         }
     }
 
@@ -139,9 +142,12 @@ impl<'a> Cursor<'a> {
             return self.splice_straight(end);
         }
         // No pipe to be had (EMFILE, ENFILE): the copy path needs no fd.
-        let Ok(pipe) = pipe_pool::take() else {
+        let Ok(mut pipe) = pipe_pool::take() else {
             return Step::Unsupported;
         };
+        if self.big_pipe {
+            pipe.grow();
+        }
         let mut held = 0;
         let step = self.splice_through(end, &pipe, &mut held);
         // Bytes still in the pipe were not sent (a resumed send reads them again from
