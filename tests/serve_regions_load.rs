@@ -14,29 +14,48 @@ use serve_common::Client;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-/// The example binary cargo built beside this test's own binary
-/// (`target/debug/deps/<test>` → `target/debug/examples/serve_regions`).
-fn example_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|profile| profile.join("examples").join("serve_regions"))
-        .unwrap();
-    assert!(
-        path.is_file(),
-        "{} is missing: `cargo test` builds it; with `cargo test --test {}` alone, run \
-         `cargo build --example serve_regions` first",
-        path.display(),
-        env!("CARGO_CRATE_NAME"),
-    );
-    path
+/// The example binary, built on first use. `cargo test --all-targets` builds
+/// examples only as test harnesses, and `cargo test --test NAME` not at all, so
+/// the test asks cargo for the plain binary itself, into the target dir and profile
+/// its own binary came from (`<target>/<profile>/deps/<test>`); cargo does nothing
+/// if it is fresh.
+fn example_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+        let target_dir = profile_dir.parent().unwrap();
+        let mut build = Command::new(option_env!("CARGO").unwrap_or("cargo"));
+        build
+            .args([
+                "build",
+                "--quiet",
+                "--example",
+                "serve_regions",
+                "--manifest-path",
+            ])
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(target_dir);
+        if profile_dir.file_name() == Some("release".as_ref()) {
+            build.arg("--release");
+        }
+        let out = build.output().expect("run cargo to build the example");
+        assert!(
+            out.status.success(),
+            "cargo build --example serve_regions failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let binary = profile_dir.join("examples").join("serve_regions");
+        assert!(binary.is_file(), "{} was not built", binary.display());
+        binary
+    })
 }
 
 /// A running server process; killed if a test fails before it exits.
