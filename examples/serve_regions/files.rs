@@ -73,13 +73,6 @@ impl Files {
         Ok(Files { by_name })
     }
 
-    /// The base names served, sorted.
-    pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.by_name.keys().cloned().collect();
-        names.sort();
-        names
-    }
-
     /// The response to a request head that could not be parsed.
     pub fn refuse(bad: BadRequest) -> Response {
         let status = match bad {
