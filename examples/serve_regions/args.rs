@@ -10,7 +10,8 @@ usage: serve_regions [OPTIONS] FILE...
 
 Serves each FILE over HTTP/1.1 on 127.0.0.1 as /<its base name>, answering GET and
 HEAD, with or without a single `Range: bytes=...`. Only the files named here are
-served. SIGINT or SIGTERM stops it after the responses in flight are sent.
+served. SIGINT or SIGTERM stops it after the responses in flight are sent (a
+send that moves no byte for 30 s is dropped, so stopping is bounded).
 
 options:
   --port P            port to listen on (default 0: any free port, printed)

@@ -56,7 +56,13 @@ pub fn serve(
     ready: impl FnOnce(SocketAddr),
 ) -> io::Result<Report> {
     let files = Files::open(&config.files)?;
-    let listener = TcpListener::bind(("127.0.0.1", config.port))?;
+    let listener = TcpListener::bind(("127.0.0.1", config.port)).map_err(|error| {
+        let port = config.port;
+        io::Error::new(
+            error.kind(),
+            format!("cannot listen on 127.0.0.1:{port}: {error}"),
+        )
+    })?;
     listener.set_nonblocking(true)?;
     let (waker, wakeup) = wake::pair()?;
     let (finished_tx, finished) = mpsc::channel();
