@@ -247,6 +247,38 @@ fn an_idle_connection_delays_no_other_request() {
 }
 
 #[test]
+fn a_client_that_stops_reading_holds_up_only_its_own_response() {
+    let bytes = pattern(64 << 20);
+    let file = TempFile::with(&bytes);
+    let path = format!("/{}", name_of(&file));
+    let mut config = Config::new(vec![file.path.clone()]);
+    config.workers = 1; // the stuck send and every other share one worker
+    let server = Server::start(config);
+    let mut stuck = Client::connect(server.addr);
+    stuck.send("GET", &path, &[]);
+    // Long enough for the socket buffers to fill and the send to block.
+    std::thread::sleep(Duration::from_millis(100));
+
+    let mut slowest = Duration::ZERO;
+    for i in 0..20 {
+        let started = Instant::now();
+        let mut client = Client::connect(server.addr);
+        let range = format!("Range: bytes={i}-{}", i + 999);
+        let response = client.request("GET", &path, &[&range]);
+        slowest = slowest.max(started.elapsed());
+        assert!(response.body == bytes[i..i + 1000]);
+    }
+    assert!(
+        slowest < Duration::from_secs(1),
+        "slowest request took {slowest:?}"
+    );
+    // Hanging up ends the stuck send (and returns its loan).
+    drop(stuck);
+    let report = server.stop();
+    assert_eq!((report.requests, report.failed), (21, 1));
+}
+
+#[test]
 fn an_idle_connection_is_closed_after_the_idle_timeout() {
     let file = TempFile::with(b"x");
     let mut config = Config::new(vec![file.path.clone()]);
