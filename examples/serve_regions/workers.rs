@@ -223,17 +223,20 @@ fn run(queue: &Receiver<Job>, wakeup: &Wakeup, finished: &Sender<Finished>, owne
         let timeout = next_stall.map_or(PollTimeout::NONE, |wait| {
             PollTimeout::try_from(wait + Duration::from_millis(1)).unwrap_or(PollTimeout::MAX)
         });
-        let mut fds = vec![PollFd::new(wakeup.as_fd(), PollFlags::POLLIN)];
-        fds.extend(
-            sends
-                .iter()
-                .map(|send| PollFd::new(send.job.connection.stream.as_fd(), PollFlags::POLLOUT)),
-        );
+        let mut fds: Vec<PollFd> = sends
+            .iter()
+            .map(|send| PollFd::new(send.job.connection.stream.as_fd(), PollFlags::POLLOUT))
+            .collect();
+        // Once the queue is closed the owner's end of the wakeup pair is gone, and
+        // a hung-up socket polls readable forever: stop watching it.
+        if open {
+            fds.push(PollFd::new(wakeup.as_fd(), PollFlags::POLLIN));
+        }
         match poll(&mut fds, timeout) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(errno) => panic!("poll failed: {errno}"),
         }
-        let ready: Vec<bool> = fds[1..]
+        let ready: Vec<bool> = fds[..sends.len()]
             .iter()
             .map(|fd| fd.revents().is_some_and(|events| !events.is_empty()))
             .collect();
