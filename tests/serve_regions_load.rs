@@ -260,6 +260,62 @@ fn a_thousand_range_requests_from_32_clients_beside_an_idle_one() {
     );
 }
 
+/// CPU time (user + system, in clock ticks) process `pid` has used so far.
+fn cpu_ticks(pid: Pid) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn sigterm_waits_for_a_send_in_flight_without_spinning() {
+    let bytes = pattern(64 << 20);
+    let file = TempFile::with(&bytes);
+    let mut server = Server::start(&[file.path.to_str().unwrap()]);
+    let mut client = Client::connect(server.addr);
+    let name = file.path.file_name().unwrap().to_str().unwrap();
+    client.send("GET", &format!("/{name}"), &[]);
+    // The send fills the socket buffers and blocks: this client reads nothing yet.
+    std::thread::sleep(Duration::from_millis(200));
+    kill(server.pid(), Signal::SIGTERM).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let before = cpu_ticks(server.pid());
+    std::thread::sleep(Duration::from_secs(1));
+    let spent = cpu_ticks(server.pid()) - before;
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "exited with a send in flight"
+    );
+    let id = identity(&file.open());
+    assert_eq!(
+        fds_naming(server.pid(), id),
+        1,
+        "the file stays open while lent"
+    );
+    // A busy loop would burn ~100 ticks in that second.
+    assert!(spent < 20, "{spent} clock ticks of CPU while waiting");
+
+    let response = client.response(false);
+    assert_eq!(response.status, 200);
+    assert!(
+        response.body == bytes,
+        "the whole body, sent after the signal"
+    );
+    let (status, report) = server.stop_with(Signal::SIGTERM);
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        report.contains("stopped by SIGTERM: 1 connections, 1 requests"),
+        "{report}"
+    );
+    assert!(report.contains("failed sends: 0"), "{report}");
+}
+
 #[test]
 fn sigint_stops_it_cleanly_too() {
     let file = TempFile::with(b"sigint");
