@@ -14,6 +14,8 @@
 //! only the files named on its command line (`/<base name>`; anything that could
 //! walk a directory is refused). SIGINT or SIGTERM (or `--requests N`) stops it:
 //! the sends in flight finish, then each file closes once its loans are back.
+//! Sizes are taken when the files are opened: serve files that do not change (a
+//! truncated file ends its responses early, and their connections are closed).
 //!
 //! Where to read: `owner.rs` is the owner's loop, `files.rs` the decisions and the
 //! lending, `workers.rs` the sends, `http.rs` the protocol, `args.rs` the options.
