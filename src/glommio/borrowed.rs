@@ -103,11 +103,22 @@ impl BorrowedDmaFile {
             .expect("fdlend: DmaFile present until drop")
     }
 
-    /// Reads `size` bytes at `pos` through this executor's ring; any alignment
-    /// (glommio widens to the device's and trims). Short at end of file.
+    /// Reads `size` bytes at `pos` through this executor's ring, at any alignment:
+    /// one aligned glommio read of the covering blocks, trimmed without a copy.
+    /// Short at end of file. (glommio 0.9's own `DmaFile::read_at` trims by the size
+    /// asked instead of the size read, so a read crossing end of file comes back
+    /// padded with zeroes; this one does not.)
     pub async fn read_at(&self, pos: u64, size: usize) -> ::glommio::Result<ReadResult, ()> {
         let _lent = Rc::clone(&self.lent);
-        self.dma().read_at(pos, size).await
+        let dma = self.dma();
+        let start = dma.align_down(pos);
+        let skip = (pos - start) as usize;
+        let span = usize::try_from(dma.align_up(skip as u64 + size as u64)).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "read larger than memory")
+        })?;
+        let covering = dma.read_at_aligned(start, span).await?;
+        let len = size.min(covering.len().saturating_sub(skip));
+        Ok(ReadResult::slice(&covering, skip, len).expect("fdlend: a slice of what was read"))
     }
 
     /// As [`read_at`](BorrowedDmaFile::read_at) with `pos` (and, for `O_DIRECT`,
