@@ -55,7 +55,7 @@ fn a_second_executor_reads_lent_regions_through_its_own_ring_and_the_owners_clos
     let (release, wait_release) = mpsc::channel::<()>();
     let (sentinel_open, wait_sentinel) = mpsc::channel::<()>();
     let (borrower_idle, wait_borrower_idle) = mpsc::channel::<()>();
-    let borrower_gone = Arc::new(AtomicBool::new(false));
+    let borrower_dropping = Arc::new(AtomicBool::new(false));
 
     let (borrower, lent_fd) = run(async {
         let file = LentDmaFile::new(DmaFile::open(&path).await.unwrap()).unwrap();
@@ -68,7 +68,7 @@ fn a_second_executor_reads_lent_regions_through_its_own_ring_and_the_owners_clos
         let borrower = {
             let data = data.clone();
             let path = path.clone();
-            let borrower_gone = Arc::clone(&borrower_gone);
+            let borrower_dropping = Arc::clone(&borrower_dropping);
             thread::spawn(move || {
                 run(async move {
                     ring_reads();
@@ -124,8 +124,10 @@ fn a_second_executor_reads_lent_regions_through_its_own_ring_and_the_owners_clos
 
                     // Hold the loans until the owner has started closing.
                     wait_release.recv().unwrap();
+                    // Set before the drops: the last of them returns the loan and may
+                    // wake the owner at once.
+                    borrower_dropping.store(true, Ordering::SeqCst);
                     drop((aligned, unaligned, whole));
-                    borrower_gone.store(true, Ordering::SeqCst);
                     // Keep this executor's reactor turning after the drops: a close
                     // glommio had queued for the lent fd would run now, and hit the
                     // sentinel that reuses its number.
@@ -154,8 +156,8 @@ fn a_second_executor_reads_lent_regions_through_its_own_ring_and_the_owners_clos
         release.send(()).unwrap();
         close.await.unwrap();
         assert!(
-            borrower_gone.load(Ordering::SeqCst),
-            "close resolved only after the borrower dropped its files"
+            borrower_dropping.load(Ordering::SeqCst),
+            "close resolved only once the borrower was dropping its files"
         );
         (borrower, lent_fd)
     });
