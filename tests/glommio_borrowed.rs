@@ -25,7 +25,9 @@ const BLOCKS: usize = 64;
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn whole(id: u32, blocks: usize) -> Vec<u8> {
@@ -98,8 +100,12 @@ fn a_second_executor_reads_lent_regions_through_its_own_ring_and_the_owners_clos
                     assert_eq!(&got[..], &data[data.len() - 10..]);
                     assert!(whole.read_region().await.is_err(), "a loan has no region");
 
-                    let asked: Vec<(u64, usize)> =
-                        vec![(0, 17), (4096 * 9 + 3, 600), (4096 * 9 + 100, 50), (60_000, 4096)];
+                    let asked: Vec<(u64, usize)> = vec![
+                        (0, 17),
+                        (4096 * 9 + 3, 600),
+                        (4096 * 9 + 100, 50),
+                        (60_000, 4096),
+                    ];
                     let mut many = whole.read_many(
                         futures_lite::stream::iter(asked.clone()),
                         MergedBufferLimit::DeviceMaxSingleRequest,
@@ -168,7 +174,8 @@ fn a_second_executor_reads_lent_regions_through_its_own_ring_and_the_owners_clos
     let sentinel_path = dir.join("sentinel");
     write_tagged(&sentinel_path, 22, 1);
     let opened = std::fs::File::open(&sentinel_path).unwrap();
-    let number = nix::fcntl::fcntl(&opened, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(lent_fd)).unwrap();
+    let number =
+        nix::fcntl::fcntl(&opened, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(lent_fd)).unwrap();
     assert_eq!(number, lent_fd, "the lent number is free again");
     // SAFETY: F_DUPFD_CLOEXEC just made `number`, owned by nothing else.
     let sentinel = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(number) };
@@ -232,11 +239,17 @@ fn a_buffered_fd_is_read_through_the_ring_and_its_flags_stay_untouched() {
     let loan = lender.loan().unwrap();
     let got = thread::spawn(move || {
         run(async move {
-            let borrowed = BorrowedDmaFile::new(BorrowSource::Loan(loan)).await.unwrap();
+            let borrowed = BorrowedDmaFile::new(BorrowSource::Loan(loan))
+                .await
+                .unwrap();
             assert!(!borrowed.is_pollable());
             ring_reads();
             let got = borrowed.read_at(3, 10_000).await.unwrap().to_vec();
-            assert_eq!(ring_reads(), (0, 1), "one read, on the executor's main ring");
+            assert_eq!(
+                ring_reads(),
+                (0, 1),
+                "one read, on the executor's main ring"
+            );
             assert!(!is_direct(&borrowed), "the owner's flags were not changed");
             got
         })

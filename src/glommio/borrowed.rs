@@ -240,12 +240,15 @@ impl fmt::Debug for BorrowedDmaFile {
 /// The results of [`BorrowedDmaFile::read_many`], in the order asked: each
 /// `(iovec, bytes)`. Holds the loan while it lives.
 pub struct ReadMany<'a, V> {
-    inner: Pin<Box<dyn Stream<Item = ::glommio::Result<(V, ReadResult), ()>> + 'a>>,
+    inner: Pin<Box<dyn Stream<Item = ReadManyItem<V>> + 'a>>,
     _lent: Rc<BorrowSource>,
 }
 
+/// One answer of [`ReadMany`]: the iovec asked and its bytes.
+type ReadManyItem<V> = ::glommio::Result<(V, ReadResult), ()>;
+
 impl<V> Stream for ReadMany<'_, V> {
-    type Item = ::glommio::Result<(V, ReadResult), ()>;
+    type Item = ReadManyItem<V>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.inner.as_mut().poll_next(cx)
