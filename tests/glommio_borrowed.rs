@@ -296,3 +296,31 @@ async fn read_first_block(path: &Path) -> Vec<u8> {
     file.close().await.unwrap();
     block
 }
+
+#[test]
+fn a_loan_of_a_pipe_is_refused_and_comes_back_intact() {
+    let _serial = one_at_a_time();
+    let (reader, writer) = nix::unistd::pipe().unwrap();
+    let lender = Lender::new(reader).unwrap();
+    let loan = lender.loan().unwrap();
+    let lent_fd = loan.as_raw_fd();
+    let loan = run(async move {
+        let refused = BorrowedDmaFile::new(loan).await.unwrap_err();
+        assert!(
+            matches!(refused.error(), glommio::GlommioError::IoError(e) if e.kind() == std::io::ErrorKind::InvalidInput),
+            "{refused}"
+        );
+        match refused.into_source() {
+            BorrowSource::Loan(loan) => loan,
+            other => panic!("came back as {other:?}"),
+        }
+    });
+    assert_eq!(loan.as_raw_fd(), lent_fd);
+    // The loan still reads the pipe.
+    nix::unistd::write(&writer, b"still lent").unwrap();
+    let mut buf = [0u8; 10];
+    assert_eq!(nix::unistd::read(&loan, &mut buf).unwrap(), 10);
+    assert_eq!(&buf, b"still lent");
+    drop(loan);
+    lender.close_wait().unwrap();
+}

@@ -10,6 +10,9 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 
+// Bound to the executor that made it; only the loan inside travels.
+static_assertions::assert_not_impl_any!(BorrowedDmaFile: Send, Sync);
+
 /// A glommio `DmaFile` over a lent fd, on whichever executor made it.
 ///
 /// Made from a [`Loan`] or a [`LentRegion`] (sent from the owner's thread) by
@@ -75,10 +78,18 @@ impl BorrowedDmaFile {
     ///
     /// Reads the fd's metadata (`fstat`, `fstatfs`, flags) and, if its `O_DIRECT`
     /// file is this thread's first on that device, runs glommio's polled-I/O probe on
-    /// it (an empty file is never probed; see the [module docs](super)). Failing,
-    /// the loan comes back in the error, untouched.
+    /// it (an empty file is never probed; see the [module docs](super)). Refused,
+    /// with an `InvalidInput` error, for an fd that is not a regular file or a block
+    /// device (a pipe or socket has no offsets to read at). Failing, the loan comes
+    /// back in the error, untouched.
     pub async fn new(lent: impl Into<BorrowSource>) -> Result<BorrowedDmaFile, BorrowDmaError> {
         let lent = lent.into();
+        if let Err(error) = readable_at_offsets(lent.loan()) {
+            return Err(BorrowDmaError {
+                error: error.into(),
+                lent,
+            });
+        }
         let fd = lent.loan().as_raw_fd();
         // SAFETY: `DmaFile::from_raw_fd` (vendored glommio, FDLEND-PATCH.md) needs
         // - `fd` open while the file or any I/O it started exists: the loan in `lent`
@@ -193,6 +204,19 @@ impl BorrowedDmaFile {
     /// The loan it holds.
     pub fn loan(&self) -> &Loan {
         self.lent.loan()
+    }
+}
+
+/// Only regular files and block devices have offsets for `DmaFile` reads.
+fn readable_at_offsets(loan: &Loan) -> std::io::Result<()> {
+    let mode = nix::sys::stat::fstat(loan)?.st_mode & libc::S_IFMT;
+    if mode == libc::S_IFREG || mode == libc::S_IFBLK {
+        Ok(())
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "BorrowedDmaFile needs a regular file or a block device",
+        ))
     }
 }
 
