@@ -164,7 +164,9 @@ impl BorrowedDmaFile {
     }
 
     /// glommio's `read_many`: many reads, coalesced and deduplicated, results in
-    /// order; see `DmaFile::read_many` for the limits.
+    /// order; see `DmaFile::read_many` for the limits. A read crossing end of file
+    /// comes back short, trimmed at the file's size when the call was made (glommio
+    /// 0.9 pads it with zeroes instead).
     pub fn read_many<'a, V, S>(
         &'a self,
         iovs: S,
@@ -175,8 +177,14 @@ impl BorrowedDmaFile {
         V: IoVec + Unpin + 'a,
         S: Stream<Item = V> + Unpin + 'a,
     {
+        // Where glommio's results stop being file data. If fstat fails on a lent fd
+        // (it cannot while the loan holds it), nothing is trimmed.
+        let end = nix::sys::stat::fstat(self.lent.loan())
+            .map(|stat| stat.st_size as u64)
+            .unwrap_or(u64::MAX);
         ReadMany {
             inner: Box::pin(self.dma().read_many(iovs, buffer_limit, read_amp_limit)),
+            end,
             _lent: Rc::clone(&self.lent),
         }
     }
@@ -265,17 +273,29 @@ impl fmt::Debug for BorrowedDmaFile {
 /// `(iovec, bytes)`. Holds the loan while it lives.
 pub struct ReadMany<'a, V> {
     inner: Pin<Box<dyn Stream<Item = ReadManyItem<V>> + 'a>>,
+    end: u64,
     _lent: Rc<BorrowSource>,
 }
 
 /// One answer of [`ReadMany`]: the iovec asked and its bytes.
 type ReadManyItem<V> = ::glommio::Result<(V, ReadResult), ()>;
 
-impl<V> Stream for ReadMany<'_, V> {
+impl<V: IoVec> Stream for ReadMany<'_, V> {
     type Item = ReadManyItem<V>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.inner.as_mut().poll_next(cx)
+        let end = self.end;
+        let next = std::task::ready!(self.inner.as_mut().poll_next(cx));
+        Poll::Ready(next.map(|result| {
+            result.map(|(iovec, bytes)| {
+                let in_file = end.saturating_sub(iovec.pos());
+                let len = bytes
+                    .len()
+                    .min(usize::try_from(in_file).unwrap_or(usize::MAX));
+                let bytes = ReadResult::slice(&bytes, 0, len).expect("fdlend: a prefix");
+                (iovec, bytes)
+            })
+        }))
     }
 }
 
