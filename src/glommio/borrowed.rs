@@ -28,6 +28,11 @@ static_assertions::assert_not_impl_any!(BorrowedDmaFile: Send, Sync);
 /// of them is gone. Leaking one (`mem::forget`) leaks the loan: the fd then stays
 /// open, never read through a reused number.
 ///
+/// Making one costs a `statx`, an `fcntl` and glommio's cached device lookups:
+/// 0.5–0.7 µs on this project's machine, against 0.2–0.3 µs for `dup` + `close` in
+/// the same run. It saves the fd, not CPU: for many regions of one file, keep one
+/// per file on the executor (one loan) and read the regions with `read_at`.
+///
 /// `!Send` (it is bound to its executor's reactor). Reads after that executor is
 /// gone panic inside glommio; dropping it is fine anywhere on its thread.
 pub struct BorrowedDmaFile {
@@ -76,7 +81,7 @@ impl BorrowedDmaFile {
     /// A `DmaFile` over the lent fd, bound to the current executor. Must be awaited
     /// inside a glommio executor (glommio panics otherwise).
     ///
-    /// Reads the fd's metadata (`fstat`, `fstatfs`, flags) and, if its `O_DIRECT`
+    /// Reads the fd's metadata (`fstat`, flags) and, if its `O_DIRECT`
     /// file is this thread's first on that device, runs glommio's polled-I/O probe on
     /// it (an empty file is never probed; see the [module docs](super)). Refused,
     /// with an `InvalidInput` error, for an fd that is not a regular file or a block
@@ -84,12 +89,6 @@ impl BorrowedDmaFile {
     /// back in the error, untouched.
     pub async fn new(lent: impl Into<BorrowSource>) -> Result<BorrowedDmaFile, BorrowDmaError> {
         let lent = lent.into();
-        if let Err(error) = readable_at_offsets(lent.loan()) {
-            return Err(BorrowDmaError {
-                error: error.into(),
-                lent,
-            });
-        }
         let fd = lent.loan().as_raw_fd();
         // SAFETY: `DmaFile::from_raw_fd` (vendored glommio, FDLEND-PATCH.md) needs
         // - `fd` open while the file or any I/O it started exists: the loan in `lent`
@@ -212,19 +211,6 @@ impl BorrowedDmaFile {
     /// The loan it holds.
     pub fn loan(&self) -> &Loan {
         self.lent.loan()
-    }
-}
-
-/// Only regular files and block devices have offsets for `DmaFile` reads.
-fn readable_at_offsets(loan: &Loan) -> std::io::Result<()> {
-    let mode = nix::sys::stat::fstat(loan)?.st_mode & libc::S_IFMT;
-    if mode == libc::S_IFREG || mode == libc::S_IFBLK {
-        Ok(())
-    } else {
-        Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "BorrowedDmaFile needs a regular file or a block device",
-        ))
     }
 }
 

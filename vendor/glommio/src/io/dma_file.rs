@@ -653,7 +653,8 @@ impl DmaFile {
     /// touching the device, so it would pass even where polled reads fail): its reads
     /// go to the main ring and nothing is cached.
     ///
-    /// Must be called inside an executor.
+    /// Refused (`InvalidInput`) unless `fd` is a regular file or a block device. Must
+    /// be called inside an executor.
     ///
     /// # Safety
     ///
@@ -668,6 +669,14 @@ impl DmaFile {
             <std::fs::File as std::os::unix::io::FromRawFd>::from_raw_fd(fd)
         });
         let meta = std_file.metadata()?;
+        let kind = std::os::unix::fs::FileTypeExt::is_block_device(&meta.file_type());
+        if !(meta.is_file() || kind) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "DmaFile::from_raw_fd needs a regular file or a block device",
+            )
+            .into());
+        }
         let (size, dev) = (
             std::os::unix::fs::MetadataExt::size(&meta),
             std::os::unix::fs::MetadataExt::dev(&meta),
@@ -677,7 +686,6 @@ impl DmaFile {
             nix::sys::stat::major(dev) as usize,
             nix::sys::stat::minor(dev) as usize,
         );
-        let fstype = fstatfs(&*std_file).map_err(io::Error::from)?.filesystem_type();
         // SAFETY: F_GETFL only reads the open file description's flags.
         let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
         if flags == -1 {
@@ -688,9 +696,9 @@ impl DmaFile {
         let o_direct_alignment =
             sysfs::BlockDevice::logical_block_size(major, minor).max(512) as u64;
         let reactor = crate::executor().reactor();
-        let pollable = if (fstype.0 as u64) == (libc::TMPFS_MAGIC as u64)
-            || flags & libc::O_DIRECT == 0
-        {
+        // No fstatfs: tmpfs, which `open_at` singles out, is an in-memory device
+        // (no sysfs entry), for which the cache answers "not pollable" unprobed.
+        let pollable = if flags & libc::O_DIRECT == 0 {
             PollableStatus::NonPollable(DirectIo::Disabled)
         } else if size == 0 && sysfs::BlockDevice::iopoll(major, minor).is_none() {
             PollableStatus::NonPollable(DirectIo::Enabled)
