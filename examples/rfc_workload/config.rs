@@ -27,7 +27,7 @@ rfc_workload: dup() per hand-off vs fdlend loans, on a glommio executor and at t
  fd limit as it is (dup vs loan)
   --target N        hand-offs/s of the held runs (default 200000)
   --rate-workers N  worker threads (default 1: the owner and one worker fill 2 cores)
-  --batch N         hand-offs per batch, i.e. per worker wake-up (default 128)
+  --batch N         hand-offs per batch, i.e. per worker wake-up (default 256)
 
  both
   --dir PATH        where to put the data file (must not be tmpfs)
@@ -75,7 +75,7 @@ pub fn parse_args() -> Result<Config, String> {
         mode: RunMode::Both,
         target: 200_000.0,
         rate_workers: 1,
-        batch: 128,
+        batch: 256,
         rate: 20_000.0,
         fraction: 0.1,
         duration: Duration::from_secs(4),

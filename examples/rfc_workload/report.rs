@@ -112,9 +112,10 @@ pub fn print_table(config: &Config, full: &[RunResult], limited: &[RunResult]) {
         );
     }
     println!(
-        "(CPU rows: each thread's CLOCK_THREAD_CPUTIME_ID over the whole run. At this rate \
-         the owner's CPU is its reads and the wake-up of a worker per hand-off, next to \
-         which dup()'s ~200 ns hardly shows: the rate tables isolate it.)"
+        "(CPU rows: each thread's CLOCK_THREAD_CPUTIME_ID over the whole run. Every \
+         O_DIRECT read here costs a virtio doorbell (a VM exit, tens of µs, measured with \
+         perf) and a worker's wake-up, next to which dup()'s ~200 ns does not show: the \
+         rate tables, on page-cached reads, isolate it.)"
     );
     let errors: u64 = full.iter().chain(limited).map(|r| r.read_errors).sum();
     if errors > 0 {
