@@ -7,31 +7,31 @@ use std::time::Duration;
 pub const BLOCK: usize = 4096;
 
 pub const USAGE: &str = "\
-rfc_workload: dup() per hand-off vs fdlend loans, on a glommio executor and at the RFC's rate
+rfc_workload: dup() per hand-off vs fdlend loans, at the RFC's rate and on a glommio executor
 
-  --mode M          glommio, rate or both (default both)
-
- glommio mode: an executor serves paced O_DIRECT reads and hands a fraction to a pool
-  --rate N          reads/s the executor serves (default 20000)
-  --fraction F      share of reads handed to the pool (default 0.1)
-  --duration S      seconds per mode, run as two halves (default 4; fd-limit runs: half;
-                    rate mode: a quarter per half of each unpaced run, half per held run)
-  --threads N       worker threads (default 4)
+  --mode M          rate, glommio or both (default both)
+  --duration S      seconds per mode (default 4): rate mode, a quarter per half of each
+                    unpaced run and a half per held run; glommio mode, two halves per
+                    mode and a half per fd-limit run
   --hold-ms N       how long a worker holds each hand-off (default 200)
-  --region BYTES    bytes a worker reads per hand-off (default 16384)
-  --fd-limit N      RLIMIT_NOFILE for the limit runs, 0 to skip (default 256)
-  --sendfile        workers also sendfile the range to a loopback socket
+  --dir PATH        where to put the data file (must not be tmpfs)
+  --file-mib N      data file size in MiB (default 64)
 
- rate mode: an owner thread hands 4 KiB regions of a page-cached file to workers in
- batches, as fast as they take them, then at --target/s with --hold-ms holds under the
- fd limit as it is (dup vs loan)
+rate mode: an owner thread hands 4 KiB regions of a page-cached file to workers in
+batches with a dup(), a loan or no handle, as fast as the workers take them; then dup
+vs loan at --target hand-offs/s, each held --hold-ms, under the fd limit as found
   --target N        hand-offs/s of the held runs (default 200000)
   --rate-workers N  worker threads (default 1: the owner and one worker fill 2 cores)
   --batch N         hand-offs per batch, i.e. per worker wake-up (default 256)
 
- both
-  --dir PATH        where to put the data file (must not be tmpfs)
-  --file-mib N      data file size in MiB (default 64)";
+glommio mode: an executor serves paced O_DIRECT reads and hands a fraction of them to
+a pool of threads, with a dup() or a LentDmaFile loan
+  --rate N          reads/s the executor serves (default 20000)
+  --fraction F      share of reads handed to the pool (default 0.1)
+  --threads N       worker threads (default 4)
+  --region BYTES    bytes a worker reads per hand-off (default 16384)
+  --fd-limit N      RLIMIT_NOFILE for the limit runs, 0 to skip (default 256)
+  --sendfile        workers also sendfile the range to a loopback socket";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum RunMode {

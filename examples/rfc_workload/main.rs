@@ -51,9 +51,13 @@ use workers::Sink;
 fn main() {
     let config = match parse_args() {
         Ok(config) => config,
+        Err(message) if message == USAGE => {
+            println!("{message}");
+            std::process::exit(0);
+        }
         Err(message) => {
             eprintln!("{message}");
-            std::process::exit(if message == USAGE { 0 } else { 2 });
+            std::process::exit(2);
         }
     };
     if let Err(error) = run_all(&config) {
