@@ -10,9 +10,9 @@ pub const USAGE: &str = "\
 rfc_workload: dup() per hand-off vs fdlend loans, at the RFC's rate and on a glommio executor
 
   --mode M          rate, glommio or both (default both)
-  --duration S      seconds per mode (default 4): rate mode, a quarter per half of each
-                    unpaced run and a half per held run; glommio mode, two halves per
-                    mode and a half per fd-limit run
+  --duration S      seconds per mode (default 4): rate mode, half of it per handle kind
+                    unpaced (in 4 slices) and half per held run; glommio mode, two
+                    halves per mode and a half per fd-limit run
   --hold-ms N       how long a worker holds each hand-off (default 200)
   --dir PATH        where to put the data file (must not be tmpfs)
   --file-mib N      data file size in MiB (default 64)

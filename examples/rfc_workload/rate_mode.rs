@@ -1,5 +1,5 @@
-//! The rate mode's schedule: unpaced runs of every handle kind (ABC then CBA, so a
-//! shared machine's drift cancels), then the held runs at the target rate under the
+//! The rate mode's schedule: unpaced runs of every handle kind (ABC, CBA, ABC, CBA,
+//! so a shared machine's drift and bursts of load spread over all three), then the held runs at the target rate under the
 //! fd limit as the process found it.
 
 use crate::config::Config;
@@ -15,6 +15,9 @@ pub struct RateResults {
 }
 
 const KINDS: [HandleKind; 3] = [HandleKind::Dup, HandleKind::Loan, HandleKind::Bare];
+
+/// Unpaced rounds; each runs every kind for `duration / (2 * ROUNDS)`.
+const ROUNDS: usize = 4;
 
 pub fn run_rate_mode(
     config: &Config,
@@ -32,16 +35,23 @@ pub fn run_rate_mode(
     let warm_up = Duration::from_millis(200).min(config.duration);
     run_rate(path, HandleKind::Bare, unpaced(warm_up))?;
 
-    let quarter = config.duration / 4;
-    let mut results: Vec<RateRun> = Vec::new();
-    for kind in KINDS {
-        eprintln!("  [rate] {} unpaced, first half", kind.name());
-        results.push(run_rate(path, kind, unpaced(quarter))?);
+    let slice = config.duration / (2 * ROUNDS) as u32;
+    let mut results: Vec<Option<RateRun>> = KINDS.iter().map(|_| None).collect();
+    for round in 0..ROUNDS {
+        eprintln!("  [rate] unpaced, round {}/{ROUNDS}", round + 1);
+        let mut order: Vec<usize> = (0..KINDS.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for index in order {
+            let run = run_rate(path, KINDS[index], unpaced(slice))?;
+            match &mut results[index] {
+                Some(total) => total.absorb(run),
+                slot => *slot = Some(run),
+            }
+        }
     }
-    for (index, kind) in KINDS.into_iter().enumerate().rev() {
-        eprintln!("  [rate] {} unpaced, second half", kind.name());
-        results[index].absorb(run_rate(path, kind, unpaced(quarter))?);
-    }
+    let results = results.into_iter().flatten().collect();
 
     let held_pace = Pace {
         target_per_s: Some(config.target),

@@ -150,6 +150,10 @@ pub fn run_rate(
         (owner, tallies, sampler.join().expect("sampler panicked"))
     });
     let owner = owner?;
+    let reads: u64 = tallies.iter().map(|t| t.reads).sum();
+    if reads != owner.handed {
+        return Err(format!("{} hand-offs made but {reads} read", owner.handed).into());
+    }
     Ok(RateRun {
         kind,
         seconds: owner.seconds,
@@ -158,7 +162,7 @@ pub fn run_rate(
         refused: owner.refused,
         owner_cpu: owner.cpu,
         worker_cpu: tallies.iter().map(|t| t.cpu).sum(),
-        reads: tallies.iter().map(|t| t.reads).sum(),
+        reads,
         wrong_bytes: tallies.iter().map(|t| t.wrong_bytes).sum(),
         peak_in_flight: owner.peak_in_flight,
         peak_fds,
