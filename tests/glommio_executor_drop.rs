@@ -40,6 +40,7 @@ fn dropping_the_executor_with_loans_out_leaks_nothing_once_they_return() {
         let (send, loans) = mpsc::channel();
         let executor = executor();
         let escaped = executor.run(async {
+            prime_poll_probe().await;
             let mut files = Vec::new();
             for (id, path) in owner_paths.iter().enumerate() {
                 let file = LentDmaFile::new(DmaFile::open(path).await.unwrap()).unwrap();

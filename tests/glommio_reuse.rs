@@ -86,7 +86,7 @@ fn close_with_loans_out_then_fd_reuse_never_reads_the_wrong_file() {
         })
     };
 
-    let numbers = executor().run(async {
+    let numbers = run(async {
         let mut numbers = Vec::new();
         for (id, path) in paths.iter().enumerate() {
             let id = id as u32;

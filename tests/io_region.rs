@@ -164,9 +164,11 @@ fn a_ticket_pins_a_region_only_while_the_file_is_open() {
     assert_eq!(lender.outstanding(), 0);
     let fd = ticket.ticket().fd();
     lender.close_wait().unwrap();
-    assert_eq!(
-        ticket.pin().unwrap_err(),
-        RegionError::Lend(LendError::Closed { fd })
+    // Tests run in parallel: another test's lender may have taken the number since.
+    let error = ticket.pin().unwrap_err();
+    assert!(
+        matches!(error, RegionError::Closed { fd: f } | RegionError::Stale { fd: f } if f == fd),
+        "{error:?}"
     );
     let message = ticket.pin().unwrap_err().to_string();
     assert!(message.contains("re-open"), "{message}");
@@ -186,9 +188,9 @@ fn a_ticket_gone_stale_before_the_read_refuses_to_pin() {
     let second = Lender::try_from(reopened).unwrap();
     let error = ticket.pin().unwrap_err();
     if reused {
-        assert_eq!(error, RegionError::Lend(LendError::Stale { fd }));
+        assert_eq!(error, RegionError::Stale { fd });
     } else {
-        assert_eq!(error, RegionError::Lend(LendError::Closed { fd }));
+        assert_eq!(error, RegionError::Closed { fd });
     }
     assert_eq!(
         second.outstanding(),
@@ -219,4 +221,81 @@ fn lender_and_ticket_make_regions_directly() {
     assert_eq!(ticket.pin().unwrap().read_to_vec().unwrap(), bytes[10..15]);
     drop(region);
     assert!(lender.try_close().is_ok());
+}
+
+#[test]
+#[allow(clippy::reversed_empty_ranges)] // reversed on purpose
+fn a_reversed_range_is_its_own_error_and_counts_nothing() {
+    let file = TempFile::with(&pattern(100));
+    let lender = Lender::try_from(file.open()).unwrap();
+    let region = lender.region(0, 10).unwrap();
+    assert_eq!(
+        region.slice(7..3).unwrap_err(),
+        RegionError::Reversed { start: 7, end: 3 }
+    );
+    assert_eq!(
+        region.slice(7..=2).unwrap_err(),
+        RegionError::Reversed { start: 7, end: 3 }
+    );
+    assert_eq!(region.slice(7..7).unwrap_err(), RegionError::ZeroLength);
+    let message = region.slice(7..3).unwrap_err().to_string();
+    assert!(
+        message.contains("7..3") && message.contains("reversed"),
+        "{message}"
+    );
+    assert_eq!(lender.outstanding(), 1, "only the region itself");
+    drop(region);
+    assert!(lender.try_close().is_ok());
+}
+
+/// What a user's `io::Result` code sees: `?` on a region error, no conversion.
+fn read_pinned(ticket: RegionTicket) -> std::io::Result<Vec<u8>> {
+    let region = ticket.pin()?;
+    Ok(region.read_to_vec()?)
+}
+
+#[test]
+fn lending_refusals_match_in_one_level_and_compose_with_io_results() {
+    let bytes = pattern(64);
+    let file = TempFile::with(&bytes);
+    let lender = Lender::with_max_loans(file.open().into(), 1).unwrap();
+    let ticket = RegionTicket::new(lender.ticket(), 8, 8).unwrap();
+    let fd = ticket.ticket().fd();
+    assert_eq!(read_pinned(ticket).unwrap(), &bytes[8..16]);
+
+    let held = ticket.pin().unwrap();
+    let saturated = ticket.pin().unwrap_err();
+    assert_eq!(saturated, RegionError::Saturated { fd, limit: 1 });
+    assert_eq!(
+        saturated.lend_error(),
+        Some(LendError::Saturated { fd, limit: 1 })
+    );
+    drop(held);
+
+    lender.close_wait().unwrap();
+    let error = ticket.pin().unwrap_err();
+    // Tests run in parallel: another test's lender may have taken the number since.
+    let lend = match error {
+        RegionError::Closed { fd: closed } if closed == fd => LendError::Closed { fd },
+        RegionError::Stale { fd: reused } if reused == fd => LendError::Stale { fd },
+        other => panic!("a closed file's ticket pinned to {other:?}"),
+    };
+    assert_eq!(error.lend_error(), Some(lend));
+    assert_eq!(RegionError::ZeroLength.lend_error(), None);
+
+    let io_error = read_pinned(ticket).unwrap_err();
+    assert_eq!(
+        io_error.kind(),
+        std::io::Error::from(lend).kind(),
+        "the same kind as the bare LendError"
+    );
+    let inner = io_error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<RegionError>())
+        .copied();
+    assert_eq!(inner.and_then(|inner| inner.lend_error()), Some(lend));
+    assert!(
+        io_error.to_string().contains(&format!("fd {fd}")),
+        "{io_error}"
+    );
 }

@@ -3,7 +3,7 @@
 
 mod io_common;
 
-use fdlend::io::{LentRegion, SendError, SendPath, SendProgress};
+use fdlend::io::{DirectAlignment, LentRegion, PathBytes, SendError, SendPath, SendProgress};
 use fdlend::Lender;
 use io_common::{pattern, TempFile};
 use nix::errno::Errno;
@@ -59,7 +59,7 @@ fn every_path(
     bytes: &[u8],
     offset: u64,
     len: u64,
-) -> Vec<(SendPath, &'static str, SendPath)> {
+) -> Vec<(SendPath, &'static str, SendPath, PathBytes)> {
     let mut seen = Vec::new();
     for first in [SendPath::Sendfile, SendPath::Splice, SendPath::ReadWrite] {
         for kind in ["socket", "pipe"] {
@@ -77,7 +77,12 @@ fn every_path(
                 drop(write);
                 (reader.join().unwrap(), progress)
             };
-            let SendProgress::Done { sent, path } = path else {
+            let SendProgress::Done {
+                sent,
+                path,
+                by_path,
+            } = path
+            else {
                 panic!("blocking send blocked: {path:?}")
             };
             assert_eq!(sent, len);
@@ -85,7 +90,15 @@ fn every_path(
                 received == bytes[offset as usize..(offset + len) as usize],
                 "{first:?} to a {kind}"
             );
-            seen.push((first, kind, path));
+            let total: u64 = [SendPath::Sendfile, SendPath::Splice, SendPath::ReadWrite]
+                .into_iter()
+                .map(|path| by_path.get(path))
+                .sum();
+            assert_eq!(
+                total, len,
+                "every byte is counted once, by the path that moved it"
+            );
+            seen.push((first, kind, path, by_path));
         }
     }
     assert_eq!(lender.outstanding(), 0);
@@ -99,7 +112,7 @@ fn every_path_sends_the_exact_bytes_to_sockets_and_pipes() {
     let lender = Lender::try_from(file.open()).unwrap();
     let seen = every_path(&lender, &bytes, 77, SIZE as u64);
     println!("regular file: {seen:?}");
-    for (first, _, path) in seen {
+    for (first, _, path, _) in seen {
         assert_eq!(
             first, path,
             "the kernel here serves every path from a page-cache file"
@@ -116,7 +129,14 @@ fn o_direct_sources_send_the_exact_bytes_and_report_their_path() {
         return;
     };
     let lender = Lender::try_from(direct).unwrap();
-    // Unaligned, aligned, and aligned up to a partial last block at end of file.
+    let unit = u64::from(
+        DirectAlignment::of(lender.ticket().pin().unwrap())
+            .unwrap()
+            .offset,
+    );
+    // Unaligned, aligned, and aligned up to a partial last block at end of file: each
+    // spans more than one bounce read (1 MiB), so the aligned middle goes by the
+    // faster paths and only the ragged edges are copied.
     for (offset, len) in [
         (77, SIZE as u64),
         (4096, SIZE as u64 - 4096),
@@ -124,6 +144,36 @@ fn o_direct_sources_send_the_exact_bytes_and_report_their_path() {
     ] {
         let seen = every_path(&lender, &bytes, offset, len);
         println!("O_DIRECT file, {offset}+{len}: {seen:?}");
+        let edges = (unit - offset % unit) % unit + (offset + len) % unit;
+        for (first, kind, _, by_path) in seen {
+            let copied = by_path.get(SendPath::ReadWrite);
+            if first == SendPath::ReadWrite {
+                assert_eq!(copied, len, "{first:?} to a {kind}");
+            } else {
+                assert_eq!(
+                    copied, edges,
+                    "{offset}+{len} {first:?} to a {kind}: edges only"
+                );
+            }
+        }
+    }
+    assert!(lender.try_close().is_ok());
+}
+
+#[test]
+fn an_o_direct_range_within_one_bounce_read_is_copied_whole() {
+    let bytes = pattern(256 * 1024);
+    let file = TempFile::with(&bytes);
+    let Some(direct) = file.open_direct() else {
+        return;
+    };
+    let lender = Lender::try_from(direct).unwrap();
+    // Splitting it would take three disk reads (head block, middle, tail block)
+    // where one covers it.
+    let seen = every_path(&lender, &bytes, 77, 100_000);
+    for (first, kind, path, by_path) in seen {
+        assert_eq!(path, SendPath::ReadWrite, "{first:?} to a {kind}");
+        assert_eq!(by_path.get(SendPath::ReadWrite), 100_000);
     }
     assert!(lender.try_close().is_ok());
 }
@@ -245,11 +295,13 @@ fn non_blocking_destinations_block_and_resume_until_done() {
             sent,
             mut rest,
             path,
+            by_path,
         } = progress
         else {
             panic!("{first:?}: {progress:?}")
         };
         assert_eq!(path, first);
+        assert_eq!(by_path.get(first), sent, "one path moved every byte");
         assert_eq!(rest.offset(), 3 + sent);
         assert_eq!(lender.outstanding(), 1, "the rest holds the loan");
         let reader = read_all(client);
@@ -314,5 +366,31 @@ fn an_unwritable_destination_is_a_typed_error_on_the_last_path() {
         other => panic!("expected EINVAL on the read+write path, got {other:?}"),
     }
     assert_eq!(lender.outstanding(), 0, "the failed send returned its loan");
+    assert!(lender.try_close().is_ok());
+}
+
+/// The kernel refuses an O_DIRECT read whose end passes `i64::MAX`, so the last
+/// aligned block below it cannot be read; there (far past any file's end) reads and
+/// sends say end of file, as buffered ones do, and never `EINVAL`.
+#[test]
+fn an_o_direct_region_at_the_largest_offset_is_past_end_of_file() {
+    let file = TempFile::with(&pattern(4096));
+    let Some(direct) = file.open_direct() else {
+        return;
+    };
+    let lender = Lender::try_from(direct).unwrap();
+    let last = i64::MAX as u64 - 2;
+    for first in [SendPath::Sendfile, SendPath::Splice, SendPath::ReadWrite] {
+        let region = LentRegion::new(lender.loan().unwrap(), last, 2).unwrap();
+        assert_eq!(region.read_at(0, &mut [0; 2]), Ok(0), "read");
+        let (read, write) = pipe();
+        let error = region.send_via(&write, first).unwrap_err();
+        assert_eq!(
+            error,
+            SendError::SourceEnded { sent: 0, wanted: 2 },
+            "{first:?}"
+        );
+        drop((read, write));
+    }
     assert!(lender.try_close().is_ok());
 }

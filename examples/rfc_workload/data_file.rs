@@ -25,11 +25,16 @@ pub fn write_data_file(path: &Path, mib: usize) -> std::io::Result<()> {
     let mut chunk = vec![0u8; 1 << 20];
     for mib_index in 0..mib {
         for (i, byte) in chunk.iter_mut().enumerate() {
-            *byte = (mix((mib_index << 20 | i) as u64 / 8) >> 7) as u8;
+            *byte = byte_at((mib_index << 20 | i) as u64);
         }
         file.write_all(&chunk)?;
     }
     file.sync_all()
+}
+
+/// The byte the data file holds at `position`, so readers can check what they read.
+pub fn byte_at(position: u64) -> u8 {
+    (mix(position / 8) >> 7) as u8
 }
 
 /// splitmix64: the request stream's randomness, the same for both modes.

@@ -12,12 +12,25 @@
 //! cargo run --release --features glommio --example rfc_workload -- --help
 //! ```
 //!
-//! Where to read: `run.rs` is one run of one mode (the owner's side), `workers.rs` the
-//! threads that hold the hand-offs, `measure.rs` the sampling, `report.rs` the table.
+//! The rate mode then shows the RFC's own rate (2M reads/s, 10% handed off): an owner
+//! thread hands 4 KiB regions of the (page-cached) file to workers in batches, with a
+//! `dup()`, a loan or no handle per hand-off, and measures each thread's CPU over the
+//! whole run; then at 200k hand-offs/s with 200 ms holds under the fd limit as found.
+//!
+//! Where to read: `run.rs` is one glommio run of one mode (the owner's side),
+//! `workers.rs` the threads that hold the hand-offs, `measure.rs` the sampling,
+//! `report.rs` the table; `rate_mode.rs` the rate mode's schedule, `rate_run.rs` one
+//! rate run (the owner), `rate_workers.rs` its workers, `rate_report.rs` its tables;
+//! `cpu_clock.rs` the CPU clocks both modes read.
 
 mod config;
+mod cpu_clock;
 mod data_file;
 mod measure;
+mod rate_mode;
+mod rate_report;
+mod rate_run;
+mod rate_workers;
 mod report;
 mod run;
 mod run_result;
@@ -27,6 +40,8 @@ use config::{parse_args, Config, USAGE};
 use data_file::{data_dir, write_data_file};
 use glommio::{LocalExecutorBuilder, Placement};
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
+use rate_mode::run_rate_mode;
+use rate_report::print_rate_tables;
 use report::print_table;
 use run::run_one;
 use run_result::Mode;
@@ -36,9 +51,13 @@ use workers::Sink;
 fn main() {
     let config = match parse_args() {
         Ok(config) => config,
+        Err(message) if message == USAGE => {
+            println!("{message}");
+            std::process::exit(0);
+        }
         Err(message) => {
             eprintln!("{message}");
-            std::process::exit(if message == USAGE { 0 } else { 2 });
+            std::process::exit(2);
         }
     };
     if let Err(error) = run_all(&config) {
@@ -62,20 +81,65 @@ fn run_all(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
         config.threads,
         config.hold.as_millis()
     );
+    let both = || -> Result<_, Box<dyn std::error::Error>> {
+        let glommio = config
+            .mode
+            .glommio()
+            .then(|| run_glommio_mode(config, &path))
+            .transpose()?;
+        let rate = config
+            .mode
+            .rate()
+            .then(|| run_rate_mode(config, &path))
+            .transpose()?;
+        Ok((glommio, rate))
+    };
+    let outcome = both();
+    let _ = std::fs::remove_file(&path);
+    let (glommio, rate) = outcome?;
+    // The RFC's rate first: it is the headline; the glommio table is its 1% version.
+    if let Some(rate) = &rate {
+        print_rate_tables(config, rate);
+    }
+    if let Some((full, limited)) = glommio {
+        print_table(config, &full, &limited);
+    }
+    if let Some(rate) = rate {
+        let wrong: u64 = rate
+            .unpaced
+            .iter()
+            .chain(&rate.held)
+            .map(|r| r.wrong_bytes)
+            .sum();
+        if wrong > 0 {
+            return Err(format!("{wrong} rate-mode regions read short or wrong").into());
+        }
+    }
+    eprintln!("total {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+type GlommioResults = (Vec<run_result::RunResult>, Vec<run_result::RunResult>);
+
+/// The glommio mode: both hand-off modes at full fd limit, then both under `--fd-limit`.
+fn run_glommio_mode(
+    config: &Config,
+    path: &std::path::Path,
+) -> Result<GlommioResults, Box<dyn std::error::Error>> {
     let sink = config.sendfile.then(Sink::start).transpose()?;
     let executor = LocalExecutorBuilder::new(Placement::Unbound)
         .io_memory(2 << 20)
         .make()?;
-    let result = executor.run(async {
+    executor.run(async {
         // A short unreported run first (page cache, DMA arena, thread stacks), then
         // each mode in two halves, ABBA, so drift in a shared machine's load cancels.
         let warm_up = Duration::from_millis(500).min(config.duration);
-        run_one(config, &path, Mode::Lend, warm_up, sink.as_ref()).await?;
+        run_one(config, path, Mode::Lend, warm_up, sink.as_ref()).await?;
         let half = config.duration / 2;
-        let mut dup = run_one(config, &path, Mode::Dup, half, sink.as_ref()).await?;
-        let mut lend = run_one(config, &path, Mode::Lend, half, sink.as_ref()).await?;
-        lend.absorb(run_one(config, &path, Mode::Lend, half, sink.as_ref()).await?);
-        dup.absorb(run_one(config, &path, Mode::Dup, half, sink.as_ref()).await?);
+        let mut dup = run_one(config, path, Mode::Dup, half, sink.as_ref()).await?;
+        let mut lend = run_one(config, path, Mode::Lend, half, sink.as_ref()).await?;
+        lend.absorb(run_one(config, path, Mode::Lend, half, sink.as_ref()).await?);
+        dup.absorb(run_one(config, path, Mode::Dup, half, sink.as_ref()).await?);
         let full = vec![dup, lend];
         let mut limited = Vec::new();
         if config.fd_limit > 0 {
@@ -83,7 +147,7 @@ fn run_all(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
             setrlimit(Resource::RLIMIT_NOFILE, config.fd_limit, hard)?;
             for mode in [Mode::Dup, Mode::Lend] {
                 let half = config.duration / 2;
-                let run = run_one(config, &path, mode, half, sink.as_ref()).await;
+                let run = run_one(config, path, mode, half, sink.as_ref()).await;
                 limited.push(run);
             }
             setrlimit(Resource::RLIMIT_NOFILE, soft, hard)?;
@@ -101,10 +165,5 @@ fn run_all(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
             rings.main_ring.file_reads().0
         );
         Ok::<_, Box<dyn std::error::Error>>((full, limited))
-    });
-    let _ = std::fs::remove_file(&path);
-    let (full, limited) = result?;
-    print_table(config, &full, &limited);
-    eprintln!("total {:.1} s", started.elapsed().as_secs_f64());
-    Ok(())
+    })
 }

@@ -1,7 +1,6 @@
-//! What a run measures while it runs: shared counters, the `/proc/self/fd` sampler,
-//! and CPU time from `getrusage`.
+//! What a glommio run measures while it runs: shared counters and the
+//! `/proc/self/fd` sampler. (CPU time: `cpu_clock.rs`.)
 
-use nix::sys::resource::{getrusage, UsageWho};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -23,31 +22,6 @@ pub struct Live {
 pub fn count_fds() -> Option<u64> {
     // Under a lowered RLIMIT_NOFILE the listing itself may be refused: skip the sample.
     Some(std::fs::read_dir("/proc/self/fd").ok()?.count() as u64)
-}
-
-/// This thread's CPU time so far (getrusage `RUSAGE_THREAD`: microsecond values, so
-/// one reading is coarse, but the sum of many short intervals is unbiased).
-pub fn thread_cpu_ns() -> u64 {
-    cpu(UsageWho::RUSAGE_THREAD).map_or(0, |d| d.as_nanos() as u64)
-}
-
-/// What one pair of `thread_cpu_ns` readings adds to an interval by itself.
-pub fn measurement_cost_ns() -> u64 {
-    const PAIRS: u64 = 20_000;
-    let mut total = 0;
-    for _ in 0..PAIRS {
-        let before = thread_cpu_ns();
-        total += thread_cpu_ns().saturating_sub(before);
-    }
-    total / PAIRS
-}
-
-pub fn cpu(who: UsageWho) -> nix::Result<Duration> {
-    let usage = getrusage(who)?;
-    let micros = |t: nix::sys::time::TimeVal| t.tv_sec() as u64 * 1_000_000 + t.tv_usec() as u64;
-    Ok(Duration::from_micros(
-        micros(usage.user_time()) + micros(usage.system_time()),
-    ))
 }
 
 /// Samples `/proc/self/fd` for the peak and prints a progress line once a second.

@@ -2,14 +2,15 @@
 //! executor, hands some off (a `dup()` or a loan) to the workers, then closes.
 
 use crate::config::{Config, BLOCK};
+use crate::cpu_clock::{process_cpu, thread_cpu};
 use crate::data_file::mix;
-use crate::measure::{count_fds, cpu, measurement_cost_ns, thread_cpu_ns, Live, Sampler};
+use crate::measure::{count_fds, Live, Sampler};
 use crate::run_result::{Mode, RunResult};
 use crate::workers::{start_workers, HandOff, Handle, Sink};
 use fdlend::glommio::LentDmaFile;
 use glommio::io::DmaFile;
 use nix::errno::Errno;
-use nix::sys::resource::{getrlimit, Resource, UsageWho};
+use nix::sys::resource::{getrlimit, Resource};
 use std::cell::{Cell, RefCell};
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::Path;
@@ -40,8 +41,10 @@ pub async fn run_one(
     let baseline_fds = count_fds().unwrap_or(0);
     let sampler = Sampler::start(Arc::clone(&live), baseline_fds, label, duration);
 
-    let owner_cpu_before = cpu(UsageWho::RUSAGE_THREAD)?;
-    let process_cpu_before = cpu(UsageWho::RUSAGE_SELF)?;
+    // The executor's thread runs nothing but this run's tasks until it ends, so its CPU
+    // clock over the run is the owner's cost: reads, hand-offs, and queueing.
+    let owner_cpu_before = thread_cpu();
+    let process_cpu_before = process_cpu();
     let start = Instant::now();
     let period = Duration::from_secs_f64(1.0 / config.rate);
     let total = (duration.as_secs_f64() * config.rate) as u64;
@@ -53,7 +56,6 @@ pub async fn run_one(
         (total as f64 * config.fraction) as usize + 16,
     ));
     let handle_ns = RefCell::new(Vec::with_capacity(handoff_ns.borrow().capacity()));
-    let handoff_cpu_ns = Cell::new(0u64);
     let read_errors = Cell::new(0u64);
     let other_errors = RefCell::new(Vec::new());
 
@@ -82,7 +84,6 @@ pub async fn run_one(
                 continue;
             }
             // The hand-off: from the decision to the range being queued for a worker.
-            let cpu_before = thread_cpu_ns();
             let decided = Instant::now();
             let handle = match &owner {
                 Owner::Lent(lent) => lent.loan().map(Handle::Loan).map_err(|e| e.to_string()),
@@ -124,13 +125,12 @@ pub async fn run_one(
                 .borrow_mut()
                 .push(decided.elapsed().as_nanos() as u64);
             handle_ns.borrow_mut().push(made.as_nanos() as u64);
-            handoff_cpu_ns.set(handoff_cpu_ns.get() + thread_cpu_ns().saturating_sub(cpu_before));
         }
     };
     let tasks: Vec<_> = (0..32).map(|_| serve()).collect();
     futures_join_all(tasks).await;
     let seconds = start.elapsed().as_secs_f64();
-    let owner_cpu = cpu(UsageWho::RUSAGE_THREAD)? - owner_cpu_before;
+    let owner_cpu = thread_cpu() - owner_cpu_before;
 
     drop(senders);
     // The owner closes while the last hand-offs are still held: with loans, the close
@@ -151,10 +151,13 @@ pub async fn run_one(
         return Err(format!("hand-off failed: {error}").into());
     }
     let mut end_to_end_ns = Vec::new();
+    let mut worker_cpu = Duration::ZERO;
     for worker in workers {
-        end_to_end_ns.extend(worker.join().map_err(|_| "worker panicked")?);
+        let (latencies, cpu) = worker.join().map_err(|_| "worker panicked")?;
+        end_to_end_ns.extend(latencies);
+        worker_cpu += cpu;
     }
-    let process_cpu = cpu(UsageWho::RUSAGE_SELF)? - process_cpu_before;
+    let process_cpu = process_cpu() - process_cpu_before;
     live.stop.store(true, Ordering::SeqCst);
     sampler.finish();
 
@@ -162,8 +165,6 @@ pub async fn run_one(
     handoff_ns.sort_unstable();
     let mut handle_ns = handle_ns.into_inner();
     handle_ns.sort_unstable();
-    let measuring = measurement_cost_ns() * handoff_ns.len() as u64;
-    let handoff_cpu = Duration::from_nanos(handoff_cpu_ns.get().saturating_sub(measuring));
     end_to_end_ns.sort_unstable();
     Ok(RunResult {
         mode,
@@ -177,7 +178,7 @@ pub async fn run_one(
         sent_bytes: live.sent_bytes.load(Ordering::Relaxed),
         handoff_ns,
         handle_ns,
-        handoff_cpu,
+        worker_cpu,
         peak_in_flight: live.peak_in_flight.load(Ordering::Relaxed),
         end_to_end_ns,
         read_errors: read_errors.get(),

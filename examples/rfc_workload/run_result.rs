@@ -24,13 +24,15 @@ pub struct RunResult {
     pub reads: u64,
     pub handed: u64,
     pub refused: u64,
+    /// The executor thread's CPU clock over the run.
     pub owner_cpu: Duration,
     pub process_cpu: Duration,
     pub peak_fds_in_flight: u64,
     pub sent_bytes: u64,
     pub handoff_ns: Vec<u64>,
     pub handle_ns: Vec<u64>,
-    pub handoff_cpu: Duration,
+    /// Every worker thread's CPU clock over its whole life (it lives for one run).
+    pub worker_cpu: Duration,
     pub peak_in_flight: u64,
     pub end_to_end_ns: Vec<u64>,
     pub read_errors: u64,
@@ -47,7 +49,7 @@ impl RunResult {
         self.refused += other.refused;
         self.owner_cpu += other.owner_cpu;
         self.process_cpu += other.process_cpu;
-        self.handoff_cpu += other.handoff_cpu;
+        self.worker_cpu += other.worker_cpu;
         self.peak_fds_in_flight = self.peak_fds_in_flight.max(other.peak_fds_in_flight);
         self.peak_in_flight = self.peak_in_flight.max(other.peak_in_flight);
         for (mine, theirs) in [

@@ -2,6 +2,7 @@
 //! as a slow client would, then read (or `sendfile`) its range and let go of the fd.
 
 use crate::config::{Config, BLOCK};
+use crate::cpu_clock::thread_cpu;
 use crate::measure::Live;
 use fdlend::Loan;
 use std::collections::VecDeque;
@@ -35,10 +36,10 @@ pub struct HandOff {
 }
 
 /// One sender per worker, and the workers, each returning its decision-to-release
-/// latencies in ns.
+/// latencies in ns and its thread's CPU time.
 pub type Workers = (
     Vec<mpsc::Sender<HandOff>>,
-    Vec<thread::JoinHandle<Vec<u64>>>,
+    Vec<thread::JoinHandle<(Vec<u64>, Duration)>>,
 );
 
 /// Each worker takes hand-offs in order, reads the first block at once, holds the
@@ -90,7 +91,7 @@ pub fn start_workers(
                     Err(mpsc::RecvTimeoutError::Disconnected) => open = false,
                 }
             }
-            latencies
+            (latencies, thread_cpu())
         }));
     }
     Ok((senders, workers))

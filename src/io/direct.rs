@@ -1,7 +1,12 @@
 //! O_DIRECT: telling whether an fd bypasses the page cache, and which alignment its
-//! reads then need.
+//! reads then need; and each thread's memory of the lent files it found to be
+//! O_DIRECT, so a widened read or a split send asks the kernel once per file, not
+//! once per call.
 
 use super::error::RegionError;
+use crate::Ticket;
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 /// Used when nothing better is known: the largest logical block size in common use,
@@ -36,7 +41,8 @@ pub struct DirectAlignment {
 impl DirectAlignment {
     /// Learns the alignment of `fd`'s file: `statx(STATX_DIOALIGN)` first, then the
     /// block device's logical block size, then `st_blksize`, then 4096.
-    pub fn of(fd: BorrowedFd<'_>) -> Result<DirectAlignment, RegionError> {
+    pub fn of(fd: impl AsFd) -> Result<DirectAlignment, RegionError> {
+        let fd = fd.as_fd();
         if let Some(found) = statx_dioalign(fd) {
             return Ok(found);
         }
@@ -83,6 +89,60 @@ pub fn is_direct(fd: impl AsFd) -> Result<bool, RegionError> {
         }
     })?;
     Ok(flags & libc::O_DIRECT != 0)
+}
+
+/// How many O_DIRECT files each thread remembers: enough for the files a thread
+/// serves at once, small enough that a linear search costs nanoseconds.
+const KNOWN_MAX: usize = 32;
+
+thread_local! {
+    /// O_DIRECT files this thread has seen, by ticket (fd number and incarnation, so a
+    /// reused number is a different key), newest last.
+    static KNOWN_DIRECT: RefCell<VecDeque<(Ticket, DirectAlignment)>> =
+        const { RefCell::new(VecDeque::new()) };
+}
+
+/// The alignment of `ticket`'s file if this thread has found it to be O_DIRECT.
+///
+/// Keyed by the file (its ticket), not by its device: `statx` reports the rule per
+/// file (an inline-data or encrypted ext4 file, a realtime XFS file, differ from
+/// their neighbours), and a ticket is known without a syscall where a device number
+/// needs an `fstat`, which costs what the `statx` it would save does. A hit that is
+/// wrong (the fd's `O_DIRECT` flag turned off since) only costs aligned reads of a
+/// cached file; one whose rule changed is [`forget_direct`]ed on the `EINVAL`.
+pub(crate) fn known_direct(ticket: Ticket) -> Option<DirectAlignment> {
+    KNOWN_DIRECT.with_borrow(|known| {
+        known
+            .iter()
+            .find(|(seen, _)| *seen == ticket)
+            .map(|&(_, align)| align)
+    })
+}
+
+/// Asks the kernel whether `fd` (the file of `ticket`) is O_DIRECT, and if so learns
+/// and remembers its alignment for [`known_direct`]. One `fcntl`, and one `statx`
+/// (or the fallbacks) for an O_DIRECT file.
+pub(crate) fn learn_direct(
+    ticket: Ticket,
+    fd: BorrowedFd<'_>,
+) -> Result<Option<DirectAlignment>, RegionError> {
+    if !is_direct(fd)? {
+        return Ok(None);
+    }
+    let align = DirectAlignment::of(fd)?;
+    KNOWN_DIRECT.with_borrow_mut(|known| {
+        known.retain(|(seen, _)| *seen != ticket);
+        if known.len() == KNOWN_MAX {
+            known.pop_front();
+        }
+        known.push_back((ticket, align));
+    });
+    Ok(Some(align))
+}
+
+/// Drops what this thread remembers about `ticket`'s file.
+pub(crate) fn forget_direct(ticket: Ticket) {
+    KNOWN_DIRECT.with_borrow_mut(|known| known.retain(|(seen, _)| *seen != ticket));
 }
 
 fn statx_dioalign(fd: BorrowedFd<'_>) -> Option<DirectAlignment> {

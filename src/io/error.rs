@@ -3,6 +3,7 @@
 use crate::LendError;
 use nix::errno::Errno;
 use std::fmt;
+use std::os::fd::RawFd;
 
 /// Which part of a no-copy O_DIRECT request broke the file's alignment rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,11 +18,25 @@ pub enum Misaligned {
 
 /// Why a region could not be made, split, pinned or read. Building and splitting
 /// errors take nothing: no loan was counted and no byte was read.
+///
+/// The lending refusals a region meets (`Closed`, `Closing`, `Stale`, `Saturated`)
+/// are variants of their own, so one `match` sees them;
+/// [`lend_error`](RegionError::lend_error) gives the [`LendError`] behind any of
+/// them. Converts into `std::io::Error` (so `?` works in `io::Result` code), which
+/// keeps this value: `io_error.get_ref()` downcasts back to it, except for
+/// `Io`, which becomes the plain OS error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RegionError {
     /// A region, sub-region or chunk of zero bytes was asked for.
     ZeroLength,
+    /// A range whose start is past its end, as in `slice(7..3)`.
+    Reversed {
+        /// The start asked for (relative to the region).
+        start: u64,
+        /// The end asked for, below `start`.
+        end: u64,
+    },
     /// `offset + len` does not fit in a file offset (`off_t`, at most `i64::MAX`).
     Overflow {
         /// The offset asked for.
@@ -36,7 +51,33 @@ pub enum RegionError {
         /// The region's length.
         len: u64,
     },
-    /// Pinning a ticket or counting one more loan for a sub-region was refused.
+    /// The file was closed (no lender lends its fd number now): re-open and lend it
+    /// again. [`LendError::Closed`].
+    Closed {
+        /// The fd number the region named.
+        fd: RawFd,
+    },
+    /// The owner is closing the file: existing loans drain, new ones are refused.
+    /// [`LendError::Closing`].
+    Closing {
+        /// The fd number being closed.
+        fd: RawFd,
+    },
+    /// The file was closed and its fd number is now lent for another file.
+    /// [`LendError::Stale`].
+    Stale {
+        /// The reused fd number.
+        fd: RawFd,
+    },
+    /// The file has as many loans outstanding as its limit allows.
+    /// [`LendError::Saturated`].
+    Saturated {
+        /// The saturated fd.
+        fd: RawFd,
+        /// Its limit on outstanding loans.
+        limit: u32,
+    },
+    /// Any other refusal to lend (one a region does not meet by itself).
     Lend(LendError),
     /// The file ended before the region did: `read` bytes exist of the `wanted`.
     ShortRead {
@@ -69,6 +110,10 @@ impl fmt::Display for RegionError {
             RegionError::ZeroLength => {
                 f.write_str("a region of zero bytes was asked for; ask for at least one byte")
             }
+            RegionError::Reversed { start, end } => write!(
+                f,
+                "range {start}..{end} is reversed (its start is past its end); swap the bounds"
+            ),
             RegionError::Overflow { offset, len } => write!(
                 f,
                 "region at offset {offset} of {len} bytes ends past the largest file offset \
@@ -78,7 +123,14 @@ impl fmt::Display for RegionError {
                 f,
                 "position {at} is past the end of a {len}-byte region; stay within 0..={len}"
             ),
-            RegionError::Lend(error) => write!(f, "cannot lend the region's file: {error}"),
+            RegionError::Closed { .. }
+            | RegionError::Closing { .. }
+            | RegionError::Stale { .. }
+            | RegionError::Saturated { .. }
+            | RegionError::Lend(_) => match self.lend_error() {
+                Some(error) => write!(f, "cannot lend the region's file: {error}"),
+                None => unreachable!("fdlend: every lending variant names its LendError"),
+            },
             RegionError::ShortRead { read, wanted } => write!(
                 f,
                 "the file ended after {read} of {wanted} bytes; the region reaches past end of \
@@ -101,18 +153,33 @@ impl fmt::Display for RegionError {
     }
 }
 
-impl std::error::Error for RegionError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            RegionError::Lend(error) => Some(error),
-            _ => None,
-        }
+impl RegionError {
+    /// The lending refusal behind this error, if it is one (`Closed`, `Closing`,
+    /// `Stale`, `Saturated` or `Lend`).
+    pub fn lend_error(&self) -> Option<LendError> {
+        Some(match *self {
+            RegionError::Closed { fd } => LendError::Closed { fd },
+            RegionError::Closing { fd } => LendError::Closing { fd },
+            RegionError::Stale { fd } => LendError::Stale { fd },
+            RegionError::Saturated { fd, limit } => LendError::Saturated { fd, limit },
+            RegionError::Lend(error) => error,
+            _ => return None,
+        })
     }
 }
 
+// The message already includes the lending refusal's, so no `source` repeats it.
+impl std::error::Error for RegionError {}
+
 impl From<LendError> for RegionError {
     fn from(error: LendError) -> Self {
-        RegionError::Lend(error)
+        match error {
+            LendError::Closed { fd } => RegionError::Closed { fd },
+            LendError::Closing { fd } => RegionError::Closing { fd },
+            LendError::Stale { fd } => RegionError::Stale { fd },
+            LendError::Saturated { fd, limit } => RegionError::Saturated { fd, limit },
+            other => RegionError::Lend(other),
+        }
     }
 }
 
@@ -120,10 +187,14 @@ impl From<RegionError> for std::io::Error {
     fn from(error: RegionError) -> Self {
         use std::io::ErrorKind;
         let kind = match error {
+            // The OS error itself, so `raw_os_error()` works as for any failed call.
             RegionError::Io { errno, .. } => return errno.into(),
-            RegionError::Lend(error) => return error.into(),
             RegionError::ShortRead { .. } => ErrorKind::UnexpectedEof,
-            _ => ErrorKind::InvalidInput,
+            _ => match error.lend_error() {
+                // The kind a bare LendError converts to, so both agree.
+                Some(lend) => std::io::Error::from(lend).kind(),
+                None => ErrorKind::InvalidInput,
+            },
         };
         std::io::Error::new(kind, error)
     }

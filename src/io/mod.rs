@@ -11,8 +11,12 @@
 //!   widened to the aligned range ([`DirectAlignment`], [`AlignedBuf`]);
 //!   [`LentRegion::read_direct_at`] refuses to copy instead.
 //! - Sending to a socket or pipe: [`LentRegion::send_to`] (`sendfile`, then
-//!   `splice`, then read+write, reporting the [`SendPath`] that ran), resumable on
-//!   non-blocking destinations ([`SendProgress::Blocked`]).
+//!   `splice`, then read+write, reporting the [`SendPath`]s that ran and the bytes
+//!   each moved, [`PathBytes`]), resumable on non-blocking destinations
+//!   ([`SendProgress::Blocked`]). A send never fails for want of an fd: splice
+//!   reuses one pipe per thread ([`release_thread_pipe`]) and, when none can be
+//!   made, the copy path serves. O_DIRECT ranges send their aligned middle with
+//!   sendfile/splice and copy only the ragged edges.
 //! - io_uring: [`uring::Completions`] turns a caller's ring into ops that own the
 //!   region and buffer until their completion is reaped.
 //!
@@ -40,14 +44,17 @@
 mod aligned;
 mod direct;
 mod error;
+mod pipe_pool;
 mod read;
 mod region;
 mod send;
+mod send_paths;
 #[cfg(not(miri))]
 pub mod uring;
 
 pub use aligned::AlignedBuf;
 pub use direct::{is_direct, AlignmentSource, DirectAlignment, FALLBACK_ALIGN};
 pub use error::{Misaligned, RegionError, SendError, SendPath};
+pub use pipe_pool::release_thread_pipe;
 pub use region::{Chunks, LentRegion, RegionTicket};
-pub use send::SendProgress;
+pub use send::{PathBytes, SendProgress};

@@ -2,7 +2,7 @@
 //! reads and `EINTR`, with O_DIRECT handled by widening to the aligned range.
 
 use super::aligned::AlignedBuf;
-use super::direct::{is_direct, DirectAlignment};
+use super::direct::{forget_direct, is_direct, known_direct, learn_direct, DirectAlignment};
 use super::error::{Misaligned, RegionError};
 use super::region::LentRegion;
 use nix::errno::Errno;
@@ -10,14 +10,14 @@ use std::cell::Cell;
 use std::os::fd::{AsFd, BorrowedFd};
 
 /// The most a widened O_DIRECT read bounces at once (a multiple of every alignment).
-const BOUNCE_MAX: u64 = 1 << 20;
+pub(super) const BOUNCE_MAX: u64 = 1 << 20;
 /// How much `read_to_end` grows its vector per read.
 const GROW: u64 = 1 << 20;
 
 /// Fills `buf` from `pos` until it is full or the file ends. `direct` stops at the
 /// first short read: on O_DIRECT the next offset would be unaligned, and a short read
 /// there means end of file. Returns the bytes read and the error that stopped it.
-fn pread_fill(
+pub(super) fn pread_fill(
     fd: BorrowedFd<'_>,
     buf: &mut [u8],
     pos: u64,
@@ -42,30 +42,68 @@ fn pread_fill(
     (done, None)
 }
 
-fn io(errno: Errno) -> RegionError {
+pub(super) fn io(errno: Errno) -> RegionError {
     RegionError::Io {
         call: "pread",
         errno,
     }
 }
 
-/// Reads `buf.len()` bytes (fewer at end of file) from `pos`, whatever `fd`'s flags.
-fn read_any(fd: BorrowedFd<'_>, buf: &mut [u8], pos: u64) -> Result<usize, RegionError> {
+/// True when an O_DIRECT read of `buf` at `pos` meets `align` as it is, so it needs
+/// no bounce buffer.
+fn fits(align: DirectAlignment, buf: &[u8], pos: u64) -> bool {
+    let offset = u64::from(align.offset);
+    pos % offset == 0
+        && buf.len() as u64 % offset == 0
+        && buf.as_ptr() as usize % align.memory as usize == 0
+}
+
+/// Reads `buf.len()` bytes (fewer at end of file) from `pos` of `region`'s file,
+/// whatever its flags.
+fn read_any(region: &LentRegion, buf: &mut [u8], pos: u64) -> Result<usize, RegionError> {
+    let fd = region.as_fd();
+    let ticket = region.loan().ticket();
+    // A file this thread already knows to be O_DIRECT goes straight to the read that
+    // suits it, without the refused pread, the fcntl and the statx of the first time.
+    if let Some(align) = known_direct(ticket) {
+        let read = if fits(align, buf, pos) {
+            match pread_fill(fd, buf, pos, true) {
+                (done, None) => Ok(done),
+                (_, Some(errno)) => Err(io(errno)),
+            }
+        } else {
+            read_widened(fd, align, buf, pos)
+        };
+        match read {
+            // The remembered rule no longer holds (the fd number's file changed in a
+            // way its ticket did not show): learn it again below.
+            Err(RegionError::Io {
+                errno: Errno::EINVAL,
+                ..
+            }) => forget_direct(ticket),
+            read => return read,
+        }
+    }
     // The common case pays no extra syscall: O_DIRECT is looked up only once the
     // kernel has refused an unaligned request.
     match pread_fill(fd, buf, pos, false) {
         (done, None) => Ok(done),
-        (done, Some(Errno::EINVAL)) if is_direct(fd)? => {
-            Ok(done + read_widened(fd, &mut buf[done..], pos + done as u64)?)
-        }
+        (done, Some(Errno::EINVAL)) => match learn_direct(ticket, fd)? {
+            Some(align) => Ok(done + read_widened(fd, align, &mut buf[done..], pos + done as u64)?),
+            None => Err(io(Errno::EINVAL)),
+        },
         (_, Some(errno)) => Err(io(errno)),
     }
 }
 
 /// An O_DIRECT read of any range: reads the aligned range around it into an aligned
 /// bounce buffer and copies out the asked bytes.
-fn read_widened(fd: BorrowedFd<'_>, buf: &mut [u8], pos: u64) -> Result<usize, RegionError> {
-    let align = DirectAlignment::of(fd)?;
+fn read_widened(
+    fd: BorrowedFd<'_>,
+    align: DirectAlignment,
+    buf: &mut [u8],
+    pos: u64,
+) -> Result<usize, RegionError> {
     let unit = u64::from(align.offset);
     let wanted_end = pos + buf.len() as u64;
     let span = wanted_end.div_ceil(unit) * unit - pos / unit * unit;
@@ -87,16 +125,32 @@ thread_local! {
 }
 
 /// Runs `f` on a bounce buffer of at least `len` bytes aligned to `align` (a power
-/// of two), reusing this thread's; `None` if one cannot be allocated.
-fn with_bounce<R>(len: usize, align: usize, f: impl FnOnce(&mut [u8]) -> R) -> Option<R> {
+/// of two), reusing this thread's; `None` if one cannot be allocated. Used by the
+/// widened reads and by the copying send (`f` gets exactly `len` bytes).
+pub(super) fn with_bounce<R>(
+    len: usize,
+    align: usize,
+    f: impl FnOnce(&mut [u8]) -> R,
+) -> Option<R> {
     // Taken out of the cell while in use, so a nested call simply allocates its own.
     let mut bounce = match BOUNCE.take() {
         Some(kept) if kept.len() >= len && kept.align() >= align => kept,
-        _ => AlignedBuf::new(len, align)?,
+        // A replacement serves what the old one did too, so alternating small and
+        // large (or loosely and strictly aligned) users do not reallocate each time.
+        Some(kept) => AlignedBuf::new(len.max(kept.len()), align.max(kept.align()))?,
+        None => AlignedBuf::new(len, align)?,
     };
-    let result = f(&mut bounce);
+    let result = f(&mut bounce[..len]);
     BOUNCE.set(Some(bounce));
     Some(result)
+}
+
+/// Where an aligned read that wants to reach `end` must stop: the kernel refuses
+/// (`EINVAL`) a read whose end passes `i64::MAX`, so the last `unit`-block below it
+/// cannot be read with O_DIRECT; a buffered read there finds end of file, and so do
+/// the widened reads and copying sends (no filesystem has bytes there).
+pub(super) fn direct_read_end(end: u64, unit: u64) -> u64 {
+    end.min(i64::MAX as u64 / unit * unit)
 }
 
 /// The loop of [`read_widened`]: aligned reads of at most `bounce_len` into `bounce`,
@@ -115,7 +169,13 @@ fn copy_widened(
         let want = pos + done as u64;
         let start = want / unit * unit;
         let skip = (want - start) as usize;
-        let end = (wanted_end.div_ceil(unit) * unit).min(start + bounce_len);
+        let end = direct_read_end(
+            (wanted_end.div_ceil(unit) * unit).min(start + bounce_len),
+            unit,
+        );
+        if end <= start {
+            break;
+        }
         let io_len = (end - start) as usize;
         let (got, error) = pread_fill(fd, &mut bounce[..io_len], start, true);
         if let Some(errno) = error {
@@ -154,7 +214,7 @@ impl LentRegion {
     /// request is served through an aligned bounce buffer (never `EINVAL`).
     pub fn read_at(&self, at: u64, buf: &mut [u8]) -> Result<usize, RegionError> {
         let buf = self.clip(at, buf)?;
-        read_any(self.as_fd(), buf, self.offset() + at)
+        read_any(self, buf, self.offset() + at)
     }
 
     /// Fills all of `buf` from `at`: `OutOfRegion` if the region is too short for it,
@@ -220,10 +280,20 @@ impl LentRegion {
     pub fn read_direct_at(&self, at: u64, buf: &mut [u8]) -> Result<usize, RegionError> {
         let buf = self.clip(at, buf)?;
         let fd = self.as_fd();
+        // The flag is asked every time (it can be changed by fcntl, and a wrong answer
+        // here would refuse a good read); the alignment is remembered per file.
         if !is_direct(fd)? {
-            return read_any(fd, buf, self.offset() + at);
+            return read_any(self, buf, self.offset() + at);
         }
-        let align = DirectAlignment::of(fd)?;
+        let ticket = self.loan().ticket();
+        let align = match known_direct(ticket) {
+            Some(align) => align,
+            None => match learn_direct(ticket, fd)? {
+                Some(align) => align,
+                // O_DIRECT was turned off between the two questions.
+                None => return read_any(self, buf, self.offset() + at),
+            },
+        };
         let pos = self.offset() + at;
         let checks = [
             (Misaligned::Offset, pos, align.offset),

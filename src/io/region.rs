@@ -37,10 +37,15 @@ fn resolve(range: impl RangeBounds<u64>, len: u64) -> Result<(u64, u64), RegionE
         Bound::Excluded(&at) => at,
         Bound::Unbounded => len,
     };
+    // A reversed range is named as such before its bounds are checked: `7..3` is
+    // a mistake in the range's order, whatever the region's length.
+    if start > end {
+        return Err(RegionError::Reversed { start, end });
+    }
     if end > len {
         return Err(RegionError::OutOfRegion { at: end, len });
     }
-    if start >= end {
+    if start == end {
         return Err(RegionError::ZeroLength);
     }
     Ok((start, end))
@@ -237,8 +242,8 @@ impl RegionTicket {
         })
     }
 
-    /// The region, with a loan, or why not (`Lend(Closing | Closed | Stale |
-    /// Saturated)`).
+    /// The region, with a loan, or why not (`Closed`, `Closing`, `Stale`,
+    /// `Saturated`).
     pub fn pin(&self) -> Result<LentRegion, RegionError> {
         Ok(LentRegion {
             loan: self.ticket.pin()?,
@@ -285,11 +290,21 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::reversed_empty_ranges)] // reversed on purpose
     fn ranges_resolve_relative_to_the_region() {
         assert_eq!(resolve(2..5, 10), Ok((2, 5)));
         assert_eq!(resolve(..=9, 10), Ok((0, 10)));
         assert_eq!(resolve(3.., 10), Ok((3, 10)));
         assert_eq!(resolve(4..4, 10), Err(RegionError::ZeroLength));
+        assert_eq!(
+            resolve(7..3, 10),
+            Err(RegionError::Reversed { start: 7, end: 3 })
+        );
+        assert_eq!(
+            resolve(20..15, 10),
+            Err(RegionError::Reversed { start: 20, end: 15 }),
+            "reversed is named before the region's bounds are checked"
+        );
         assert_eq!(
             resolve(0..11, 10),
             Err(RegionError::OutOfRegion { at: 11, len: 10 })

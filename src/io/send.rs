@@ -1,17 +1,17 @@
 //! Sending a [`LentRegion`] to a socket or pipe: `sendfile(2)` first, then
 //! `splice(2)`, then a read+write copy, whichever the kernel lets serve; resumable
-//! on non-blocking destinations.
+//! on non-blocking destinations. A range of an O_DIRECT file is sent without the
+//! calls the kernel refuses for it: its ragged head and tail by copy, its aligned
+//! middle by splice or sendfile (or, when one disk read covers it all, by copy).
 
-use super::error::{SendError, SendPath};
+use super::direct::{forget_direct, known_direct, learn_direct, DirectAlignment};
+use super::error::{RegionError, SendError, SendPath};
+use super::read::BOUNCE_MAX;
 use super::region::LentRegion;
+use super::send_paths::{Cursor, Step};
+use crate::Ticket;
 use nix::errno::Errno;
-use nix::fcntl::{splice, SpliceFFlags};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-
-/// The most one `sendfile`/`splice` call is asked for (Linux caps a call at this).
-const CALL_MAX: u64 = 0x7fff_f000;
-/// The copy path's buffer.
-const COPY_CHUNK: u64 = 64 * 1024;
+use std::os::fd::AsFd;
 
 /// Where a send stands after [`LentRegion::send_to`] returns without an error.
 #[derive(Debug)]
@@ -21,8 +21,10 @@ pub enum SendProgress {
     Done {
         /// The region's length.
         sent: u64,
-        /// The path that moved the bytes (the last one, if a fallback happened).
+        /// The path that moved most of the bytes.
         path: SendPath,
+        /// The bytes each path moved (an O_DIRECT range's ragged edges go by copy).
+        by_path: PathBytes,
     },
     /// The destination is non-blocking and full. Wait until it is writable, then
     /// resume with `rest.send_to(...)` (or drop `rest` to give up; that returns the
@@ -32,206 +34,146 @@ pub enum SendProgress {
         sent: u64,
         /// The part not sent yet, still holding the loan.
         rest: LentRegion,
-        /// The path that was running.
+        /// The path that moved most of the bytes (the one running if none moved).
         path: SendPath,
+        /// The bytes each path moved in this call.
+        by_path: PathBytes,
     },
 }
 
-/// Errnos meaning "this path cannot serve this pair of fds", not "the transfer
-/// failed": the next path is tried.
-fn unsupported(errno: Errno) -> bool {
-    matches!(errno, Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP)
+/// How many bytes each [`SendPath`] moved in one send call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathBytes {
+    sendfile: u64,
+    splice: u64,
+    read_write: u64,
 }
 
-/// How one step of a path ended.
-enum Step {
-    /// All `len` bytes from `offset` went out.
-    Finished,
-    /// The destination would block.
-    Blocked,
-    /// The source had no more bytes.
-    Eof,
-    /// The kernel refused this path for these fds (at the current offset).
-    Unsupported,
-    /// A real failure.
-    Failed(SendError),
-}
-
-struct Cursor<'a> {
-    src: BorrowedFd<'a>,
-    out: BorrowedFd<'a>,
-    /// The next file offset to send.
-    pos: u64,
-    end: u64,
-    /// Bytes sent by this call.
-    sent: u64,
-}
-
-impl Cursor<'_> {
-    fn left(&self) -> u64 {
-        self.end - self.pos
-    }
-
-    fn advance(&mut self, n: usize) {
-        self.pos += n as u64;
-        self.sent += n as u64;
-    }
-
-    fn fail(&self, path: SendPath, errno: Errno) -> Step {
-        let sent = self.sent;
-        Step::Failed(match errno {
-            Errno::EPIPE | Errno::ECONNRESET => SendError::PeerGone { sent, errno },
-            errno => SendError::Io { sent, path, errno },
-        })
-    }
-
-    /// What an errno means for the running path. "Cannot serve" errnos pass the
-    /// transfer to the next path at the current offset, even midway: an O_DIRECT
-    /// source lets sendfile move its aligned blocks and then refuses the partial last
-    /// one.
-    fn on_error(&self, path: SendPath, errno: Errno) -> Option<Step> {
-        match errno {
-            Errno::EINTR => None,
-            Errno::EAGAIN => Some(Step::Blocked),
-            errno if unsupported(errno) => Some(Step::Unsupported),
-            errno => Some(self.fail(path, errno)),
+impl PathBytes {
+    /// The bytes `path` moved.
+    pub fn get(&self, path: SendPath) -> u64 {
+        match path {
+            SendPath::Sendfile => self.sendfile,
+            SendPath::Splice => self.splice,
+            SendPath::ReadWrite => self.read_write,
         }
     }
 
-    fn sendfile(&mut self) -> Step {
-        while self.left() > 0 {
-            let mut offset = self.pos as i64;
-            let count = self.left().min(CALL_MAX) as usize;
-            match nix::sys::sendfile::sendfile64(self.out, self.src, Some(&mut offset), count) {
-                Ok(0) => return Step::Eof,
-                Ok(n) => {
-                    self.advance(n);
-                }
-                // At offsets past the filesystem's largest file size sendfile says
-                // EOVERFLOW where a read says end of file: the next path reads it so.
-                Err(Errno::EOVERFLOW) => return Step::Unsupported,
-                Err(errno) => {
-                    if let Some(step) = self.on_error(SendPath::Sendfile, errno) {
-                        return step;
+    /// The paths that moved at least one byte, fastest first.
+    pub fn ran(&self) -> impl Iterator<Item = SendPath> + '_ {
+        ORDER.into_iter().filter(|&path| self.get(path) > 0)
+    }
+
+    pub(super) fn add(&mut self, path: SendPath, n: u64) {
+        match path {
+            SendPath::Sendfile => self.sendfile += n,
+            SendPath::Splice => self.splice += n,
+            SendPath::ReadWrite => self.read_write += n,
+        }
+    }
+
+    /// The path that moved the most bytes (the faster one on a tie), if any did.
+    fn most(&self) -> Option<SendPath> {
+        ORDER
+            .into_iter()
+            .rev()
+            .filter(|&path| self.get(path) > 0)
+            .max_by_key(|&path| self.get(path))
+    }
+}
+
+/// Sends longer than this ask whether an unknown source is O_DIRECT before the first
+/// call: the size of sendfile's internal pipe (16 pages), beyond which sendfile from
+/// an O_DIRECT file takes a disk round trip per 64 KiB.
+const ASK_DIRECT_ABOVE: u64 = 64 * 1024;
+
+/// The paths, in the order they are tried.
+const ORDER: [SendPath; 3] = [SendPath::Sendfile, SendPath::Splice, SendPath::ReadWrite];
+
+/// The paths from `first` on.
+fn paths_from(first: SendPath) -> &'static [SendPath] {
+    let start = ORDER.iter().position(|&path| path == first).unwrap_or(0);
+    &ORDER[start..]
+}
+
+/// Sends `[cursor.pos, end)` of a file not known to be O_DIRECT: each path in turn
+/// from `first`. The first refusal asks whether the file is O_DIRECT (the usual
+/// reason: an unaligned offset); if it is, the rest is sent split by its alignment.
+fn send_plain(cursor: &mut Cursor<'_>, end: u64, first: SendPath, ticket: Ticket) -> Step {
+    let mut asked = false;
+    for &path in paths_from(first) {
+        match cursor.run(path, end) {
+            Step::Unsupported => {
+                if !asked {
+                    asked = true;
+                    match learn_direct(ticket, cursor.src) {
+                        Ok(Some(align)) => return send_direct(cursor, end, first, align),
+                        Ok(None) => {}
+                        Err(error) => return read_failed(cursor, error),
                     }
                 }
             }
-        }
-        Step::Finished
-    }
-
-    fn splice(&mut self) -> Step {
-        let out_is_pipe = nix::sys::stat::fstat(self.out)
-            .is_ok_and(|stat| stat.st_mode & libc::S_IFMT == libc::S_IFIFO);
-        if out_is_pipe {
-            return self.splice_into(None);
-        }
-        match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
-            Ok(pipe) => self.splice_into(Some(pipe)),
-            Err(errno) => self.fail(SendPath::Splice, errno),
+            step => return step,
         }
     }
-
-    /// Splices straight into `out` (a pipe), or through `via` (a private pipe) when
-    /// `out` is anything else. Bytes left in `via` when the destination blocks or
-    /// fails are not counted as sent and vanish with the pipe; the resumed send
-    /// reads them again from the file.
-    fn splice_into(&mut self, via: Option<(OwnedFd, OwnedFd)>) -> Step {
-        while self.left() > 0 {
-            let mut offset = self.pos as i64;
-            let count = self.left().min(CALL_MAX) as usize;
-            let Some((pipe_read, pipe_write)) = &via else {
-                match splice(
-                    self.src,
-                    Some(&mut offset),
-                    self.out,
-                    None,
-                    count,
-                    SpliceFFlags::SPLICE_F_MOVE,
-                ) {
-                    Ok(0) => return Step::Eof,
-                    Ok(n) => {
-                        self.advance(n);
-                    }
-                    Err(errno) => {
-                        if let Some(step) = self.on_error(SendPath::Splice, errno) {
-                            return step;
-                        }
-                    }
-                }
-                continue;
-            };
-            let flags = SpliceFFlags::SPLICE_F_MOVE;
-            let filled = match splice(self.src, Some(&mut offset), pipe_write, None, count, flags) {
-                Ok(0) => return Step::Eof,
-                Ok(n) => n,
-                Err(Errno::EINTR) => continue,
-                Err(errno) if unsupported(errno) => return Step::Unsupported,
-                Err(errno) => return self.fail(SendPath::Splice, errno),
-            };
-            let mut drained = 0;
-            while drained < filled {
-                match splice(pipe_read, None, self.out, None, filled - drained, flags) {
-                    Ok(n) => {
-                        drained += n;
-                        self.advance(n);
-                    }
-                    Err(errno) => {
-                        if let Some(step) = self.on_error(SendPath::Splice, errno) {
-                            return step;
-                        }
-                    }
-                }
-            }
-        }
-        Step::Finished
-    }
-
-    fn read_write(&mut self, region: &LentRegion) -> Step {
-        let mut buf = vec![0; self.left().min(COPY_CHUNK) as usize];
-        while self.left() > 0 {
-            let at = self.pos - region.offset();
-            let want = self.left().min(buf.len() as u64) as usize;
-            let filled = match region.read_at(at, &mut buf[..want]) {
-                Ok(0) => return Step::Eof,
-                Ok(n) => n,
-                Err(error) => {
-                    return Step::Failed(SendError::Read {
-                        sent: self.sent,
-                        error,
-                    })
-                }
-            };
-            let mut written = 0;
-            while written < filled {
-                match write_nosignal(self.out, &buf[written..filled]) {
-                    Ok(n) => {
-                        written += n;
-                        self.advance(n);
-                    }
-                    Err(errno) => match self.on_error(SendPath::ReadWrite, errno) {
-                        None => {}
-                        // The last path has no next one to pass to (an O_DIRECT
-                        // destination refuses an unaligned write with EINVAL).
-                        Some(Step::Unsupported) => return self.fail(SendPath::ReadWrite, errno),
-                        Some(step) => return step,
-                    },
-                }
-            }
-        }
-        Step::Finished
-    }
+    // Only the copy's read refuses last (EINVAL from a file that is not O_DIRECT).
+    read_failed(cursor, super::read::io(Errno::EINVAL))
 }
 
-/// `send(MSG_NOSIGNAL)` on sockets, so a hung-up reader is `EPIPE` and not a
-/// process-killing `SIGPIPE`; `write` on everything else.
-fn write_nosignal(out: BorrowedFd<'_>, bytes: &[u8]) -> Result<usize, Errno> {
-    use nix::sys::socket::{send, MsgFlags};
-    use std::os::fd::AsRawFd;
-    match send(out.as_raw_fd(), bytes, MsgFlags::MSG_NOSIGNAL) {
-        Err(Errno::ENOTSOCK) => nix::unistd::write(out, bytes),
-        other => other,
+fn read_failed(cursor: &Cursor<'_>, error: RegionError) -> Step {
+    Step::Failed(SendError::Read {
+        sent: cursor.sent,
+        error,
+    })
+}
+
+/// Sends `[cursor.pos, end)` of an O_DIRECT file, making no call the kernel is
+/// known to refuse (sendfile and splice say `EINVAL` at unaligned offsets):
+///
+/// - A range with ragged edges whose aligned span fits one bounce read
+///   (`BOUNCE_MAX`, 1 MiB) is copied whole: one disk read, where splitting it would
+///   take three (head block, middle, tail block), each a round trip to the device.
+/// - Otherwise the ragged head and tail (less than a block each) are copied through
+///   an aligned bounce buffer and the aligned middle goes by `splice` through the
+///   thread's 1 MiB pipe, then `sendfile`: from an O_DIRECT file each file-to-pipe
+///   step is one disk read of the pipe's free space, and sendfile's internal pipe has
+///   only 16 pages (a disk round trip per 64 KiB). Sendfile needs no fd of ours, so
+///   it serves when no pipe can be made.
+/// - `first == ReadWrite` copies everything; `first == Splice` skips sendfile.
+fn send_direct(cursor: &mut Cursor<'_>, end: u64, first: SendPath, align: DirectAlignment) -> Step {
+    let unit = u64::from(align.offset);
+    let middle_start = cursor.pos.div_ceil(unit).saturating_mul(unit).min(end);
+    let middle_end = (end / unit * unit).max(middle_start);
+    let ragged = cursor.pos % unit != 0 || end % unit != 0;
+    let span = end.div_ceil(unit) * unit - cursor.pos / unit * unit;
+    if first == SendPath::ReadWrite
+        || middle_start == middle_end
+        || (ragged && span <= BOUNCE_MAX.max(unit))
+    {
+        return cursor.copy(end, Some(align));
     }
+    if cursor.pos < middle_start {
+        let step = cursor.copy(middle_start, Some(align));
+        if !matches!(step, Step::Finished) {
+            return step;
+        }
+    }
+    cursor.big_pipe = true;
+    let middle_paths: &[SendPath] = match first {
+        SendPath::Sendfile => &[SendPath::Splice, SendPath::Sendfile],
+        _ => &[SendPath::Splice],
+    };
+    for &path in middle_paths {
+        match cursor.run(path, middle_end) {
+            Step::Finished => break,
+            // A short read (the file's end inside a block) left the offset unaligned:
+            // the faster paths would refuse it too.
+            Step::Unsupported if cursor.pos % unit != 0 => break,
+            Step::Unsupported => continue,
+            step => return step,
+        }
+    }
+    cursor.copy(end, Some(align))
 }
 
 impl LentRegion {
@@ -242,6 +184,16 @@ impl LentRegion {
     /// [`SendProgress::Blocked`] with the rest of the region to resume once `out` is
     /// writable. The region's loan is returned however this ends, except inside
     /// `Blocked`, which hands it back to the caller.
+    ///
+    /// It never fails for want of an fd: `splice` into a non-pipe borrows the
+    /// thread's spare pipe (made once, kept, see
+    /// [`release_thread_pipe`](super::release_thread_pipe)), and when no pipe can be
+    /// made (`EMFILE`) a path that needs none serves instead. On an O_DIRECT file no
+    /// call is made that the kernel refuses for unaligned offsets: a range spanning
+    /// more than one bounce read (1 MiB) has only its unaligned edges copied and its
+    /// aligned middle spliced (or sent with sendfile); a smaller unaligned one is
+    /// copied with one aligned read. [`SendProgress`] says how many bytes each path
+    /// moved.
     ///
     /// `sendfile` and `splice` raise `SIGPIPE` on a hung-up socket or pipe like
     /// `write` does. Rust programs ignore `SIGPIPE` from the start (std sets it to
@@ -255,42 +207,107 @@ impl LentRegion {
     /// sendfile → splice → read+write: for destinations known to refuse the faster
     /// paths, and for testing each path.
     pub fn send_via(self, out: impl AsFd, first: SendPath) -> Result<SendProgress, SendError> {
-        let out = out.as_fd();
-        let order = [SendPath::Sendfile, SendPath::Splice, SendPath::ReadWrite];
-        let mut cursor = Cursor {
-            src: self.as_fd(),
-            out,
-            pos: self.offset(),
-            end: self.end(),
-            sent: 0,
+        let ticket = self.loan().ticket();
+        let mut cursor = Cursor::new(self.as_fd(), out.as_fd(), self.offset());
+        // Big sends ask up front whether an unknown file is O_DIRECT (one fcntl, small
+        // beside the transfer): its aligned ranges are faster by the pooled pipe than
+        // by sendfile, which the kernel would serve without refusing.
+        let direct = match known_direct(ticket) {
+            Some(align) => Some(align),
+            None if self.len() > ASK_DIRECT_ABOVE => match learn_direct(ticket, self.as_fd()) {
+                Ok(direct) => direct,
+                Err(error) => return Err(SendError::Read { sent: 0, error }),
+            },
+            None => None,
         };
-        let start = order.iter().position(|&path| path == first).unwrap_or(0);
-        for &path in &order[start..] {
-            let step = match path {
-                SendPath::Sendfile => cursor.sendfile(),
-                SendPath::Splice => cursor.splice(),
-                SendPath::ReadWrite => cursor.read_write(&self),
-            };
-            let sent = cursor.sent;
-            match step {
-                Step::Unsupported => continue,
-                Step::Finished => return Ok(SendProgress::Done { sent, path }),
-                Step::Blocked => {
-                    return Ok(match self.advance(sent) {
-                        Some(rest) => SendProgress::Blocked { sent, rest, path },
-                        None => SendProgress::Done { sent, path },
-                    })
+        let step = match direct {
+            Some(align) => send_direct(&mut cursor, self.end(), first, align),
+            None => send_plain(&mut cursor, self.end(), first, ticket),
+        };
+        let (sent, by_path) = (cursor.sent, cursor.by_path);
+        let path = by_path.most().unwrap_or(cursor.running);
+        match step {
+            Step::Finished => Ok(SendProgress::Done {
+                sent,
+                path,
+                by_path,
+            }),
+            Step::Blocked => Ok(match self.advance(sent) {
+                Some(rest) => SendProgress::Blocked {
+                    sent,
+                    rest,
+                    path,
+                    by_path,
+                },
+                None => SendProgress::Done {
+                    sent,
+                    path,
+                    by_path,
+                },
+            }),
+            Step::Eof => Err(SendError::SourceEnded {
+                sent,
+                wanted: self.len(),
+            }),
+            Step::Failed(error) => {
+                // A remembered alignment the kernel now refuses is learned afresh by
+                // the next read or send of this file.
+                if let SendError::Read {
+                    error:
+                        RegionError::Io {
+                            errno: Errno::EINVAL,
+                            ..
+                        },
+                    ..
+                } = error
+                {
+                    forget_direct(ticket);
                 }
-                Step::Eof => {
-                    return Err(SendError::SourceEnded {
-                        sent,
-                        wanted: self.len(),
-                    })
-                }
-                Step::Failed(error) => return Err(error),
+                Err(error)
             }
+            // Every path below turns its last refusal into `Failed`.
+            Step::Unsupported => Err(SendError::Io {
+                sent,
+                path,
+                errno: Errno::EINVAL,
+            }),
         }
-        // The copy path never reports Unsupported, so the loop always returns.
-        unreachable!("fdlend: the read+write path serves every writable fd")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_bytes_name_the_path_that_moved_most_and_every_path_that_ran() {
+        let mut moved = PathBytes::default();
+        assert_eq!((moved.most(), moved.ran().count()), (None, 0));
+        moved.add(SendPath::ReadWrite, 512);
+        moved.add(SendPath::Splice, 1 << 20);
+        moved.add(SendPath::ReadWrite, 77);
+        assert_eq!(moved.most(), Some(SendPath::Splice));
+        assert_eq!(moved.get(SendPath::ReadWrite), 589);
+        assert_eq!(moved.get(SendPath::Sendfile), 0);
+        let ran: Vec<SendPath> = moved.ran().collect();
+        assert_eq!(ran, [SendPath::Splice, SendPath::ReadWrite]);
+        let mut tie = PathBytes::default();
+        tie.add(SendPath::ReadWrite, 10);
+        tie.add(SendPath::Sendfile, 10);
+        assert_eq!(
+            tie.most(),
+            Some(SendPath::Sendfile),
+            "a tie names the faster path"
+        );
+    }
+
+    #[test]
+    fn paths_run_from_the_first_asked_in_order() {
+        assert_eq!(paths_from(SendPath::Sendfile), ORDER);
+        assert_eq!(
+            paths_from(SendPath::Splice),
+            [SendPath::Splice, SendPath::ReadWrite]
+        );
+        assert_eq!(paths_from(SendPath::ReadWrite), [SendPath::ReadWrite]);
     }
 }

@@ -4,7 +4,6 @@
 use super::env::{Env, FILE_LEN, MAX_LOANS};
 use super::{End, Fd, Num, Op};
 use fdlend::io::{LentRegion, RegionError, RegionTicket};
-use fdlend::LendError;
 use std::ops::Bound;
 
 /// The largest region end (`off_t`).
@@ -52,8 +51,9 @@ fn bound(end: End, len: u64) -> Bound<u64> {
     }
 }
 
-/// What `slice` must resolve `(start, end)` to in a region of `len` bytes: the
-/// start is checked first, then the end against the region, then emptiness.
+/// What `slice` must resolve `(start, end)` to in a region of `len` bytes: each
+/// bound must exist as a `u64`, then the order is checked (reversed), then the end
+/// against the region, then emptiness.
 fn resolve(start: Bound<u64>, end: Bound<u64>, len: u64) -> Result<(u64, u64), RegionError> {
     let out = |at: u128| RegionError::OutOfRegion {
         at: u64::try_from(at).unwrap_or(u64::MAX),
@@ -72,10 +72,19 @@ fn resolve(start: Bound<u64>, end: Bound<u64>, len: u64) -> Result<(u64, u64), R
         Bound::Excluded(at) => u128::from(at),
         Bound::Unbounded => u128::from(len),
     };
+    if end > u128::from(u64::MAX) {
+        return Err(out(end));
+    }
+    if start > end {
+        return Err(RegionError::Reversed {
+            start: start as u64,
+            end: end as u64,
+        });
+    }
     if end > u128::from(len) {
         return Err(out(end));
     }
-    if start >= end {
+    if start == end {
         return Err(RegionError::ZeroLength);
     }
     Ok((start as u64, end as u64))
@@ -107,10 +116,10 @@ impl<'e> Pool<'e> {
         if self.live(fd) < MAX_LOANS as usize {
             Ok(())
         } else {
-            Err(RegionError::Lend(LendError::Saturated {
+            Err(RegionError::Saturated {
                 fd: self.env.raw(fd),
                 limit: MAX_LOANS,
-            }))
+            })
         }
     }
 
@@ -262,10 +271,10 @@ impl<'e> Pool<'e> {
         if self.live(fd) + extra < MAX_LOANS as usize {
             Ok(())
         } else {
-            Err(RegionError::Lend(LendError::Saturated {
+            Err(RegionError::Saturated {
                 fd: self.env.raw(fd),
                 limit: MAX_LOANS,
-            }))
+            })
         }
     }
 

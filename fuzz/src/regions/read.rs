@@ -6,7 +6,8 @@ use super::env::{BUF_MAX, BUF_SHIFT, FILE_LEN};
 use super::pool::{Held, Pool};
 use super::{Buf, Fd, First, Num, ReadKind};
 use fdlend::io::{
-    DirectAlignment, LentRegion, Misaligned, RegionError, SendError, SendPath, SendProgress,
+    DirectAlignment, LentRegion, Misaligned, PathBytes, RegionError, SendError, SendPath,
+    SendProgress,
 };
 use nix::fcntl::OFlag;
 use std::fs::File;
@@ -233,10 +234,21 @@ impl Pool<'_> {
                 Err(error) => error.sent(),
             };
             assert_eq!(drained as u64, sent, "{result:?}: bytes in the pipe");
-            if let Ok(SendProgress::Done { path, .. } | SendProgress::Blocked { path, .. }) =
-                &result
+            if let Ok(
+                SendProgress::Done {
+                    sent,
+                    path,
+                    by_path,
+                }
+                | SendProgress::Blocked {
+                    sent,
+                    path,
+                    by_path,
+                    ..
+                },
+            ) = &result
             {
-                check_path(fd, first, *path);
+                check_paths(fd, first, *path, by_path, *sent);
             }
             match result {
                 Ok(SendProgress::Done { sent, .. }) => {
@@ -272,17 +284,32 @@ impl Pool<'_> {
     }
 }
 
-/// A buffered file feeds a pipe by the path asked for; an O_DIRECT one may fall back
-/// to a later path (sendfile refuses a partial last block), never an earlier one.
-fn check_path(fd: Fd, first: SendPath, path: SendPath) {
+/// A buffered file feeds a pipe by the path asked for; an O_DIRECT one may use later
+/// paths too (its ragged edges go by copy, its middle by splice), never an earlier
+/// one. Every byte sent is counted once, by the path that moved it, and `path` is
+/// the one that moved most.
+fn check_paths(fd: Fd, first: SendPath, path: SendPath, by_path: &PathBytes, sent: u64) {
     let order = |path| {
         [SendPath::Sendfile, SendPath::Splice, SendPath::ReadWrite]
             .iter()
             .position(|&p| p == path)
     };
+    let counted: u64 = by_path.ran().map(|path| by_path.get(path)).sum();
+    assert_eq!(counted, sent, "{by_path:?} for {sent} bytes sent");
+    if sent > 0 {
+        assert!(
+            by_path
+                .ran()
+                .all(|ran| by_path.get(ran) <= by_path.get(path)),
+            "{path:?} reported, {by_path:?} moved"
+        );
+    }
     match fd {
-        Fd::Buffered => assert_eq!(path, first, "a buffered file fell back"),
-        Fd::Direct => assert!(order(path) >= order(first), "{path:?} ran before {first:?}"),
+        Fd::Buffered => assert_eq!(by_path.get(first), sent, "a buffered file fell back"),
+        Fd::Direct => assert!(
+            by_path.ran().all(|ran| order(ran) >= order(first)),
+            "{by_path:?}: a path before {first:?} ran"
+        ),
     }
 }
 

@@ -1,69 +1,7 @@
-//! Lending a glommio [`DmaFile`]'s fd to other threads without `dup()`.
-//!
-//! A glommio server keeps its `DmaFile`s on executor threads; when a request's answer
-//! is "read this range later, on a worker thread" (or `sendfile` it), the hand-off
-//! today is a `dup()`. [`LentDmaFile`] wraps the `DmaFile` and lends its one fd
-//! instead: loans, local loans, tickets and raw tokens behave exactly as for a
-//! [`Lender`] (it is one, see [`LentDmaFile::lender`]), while the executor keeps
-//! using the `DmaFile` itself through [`LentDmaFile::dma`]. Nothing of glommio's I/O
-//! is reimplemented here.
-//!
-//! Closing is async and well-ordered: [`LentDmaFile::close`] waits, without polling,
-//! until every loan is back (the returning thread wakes the executor), then closes
-//! through glommio's own `DmaFile::close` and returns its result. Dropping the
-//! wrapper with loans out defers the close to the last loan. In every path the fd is
-//! closed exactly once; SAFETY.md (section "glommio adapter") says why.
-//!
-//! ```no_run
-//! use fdlend::glommio::LentDmaFile;
-//! use glommio::{io::DmaFile, LocalExecutorBuilder, Placement};
-//!
-//! let executor = LocalExecutorBuilder::new(Placement::Unbound)
-//!     .io_memory(2 << 20)
-//!     .make()
-//!     .unwrap();
-//! executor.run(async {
-//!     let file = LentDmaFile::new(DmaFile::open("data.bin").await.unwrap()).unwrap();
-//!     let loan = file.loan().unwrap();
-//!     let worker = std::thread::spawn(move || {
-//!         let mut buf = [0; 16];
-//!         nix::sys::uio::pread(&loan, &mut buf, 4096).map(|n| buf[..n].to_vec())
-//!     });
-//!     // The executor keeps reading through glommio meanwhile.
-//!     let head = file.dma().read_at(0, 512).await.unwrap();
-//!     assert!(head.len() <= 512);
-//!     // Resolves once the worker's loan is back, then closes through glommio.
-//!     file.close().await.unwrap();
-//!     worker.join().unwrap().unwrap();
-//! });
-//! ```
-//!
-//! # Polled I/O on virtual disks (glommio issue #605)
-//!
-//! glommio decides per block device, at the first `DmaFile` opened on it, whether
-//! reads go to its polled (`IORING_SETUP_IOPOLL`) ring: it issues one real read
-//! there and turns polling off if that fails (`Reactor::probe_iopoll_support`,
-//! cached per device). #605 is the case where that verdict is wrong and later reads
-//! fail with `EOPNOTSUPP` (errno 95). On this project's machine (a virtio disk with
-//! no poll queues, `/sys/block/vda/queue/io_poll` = 0, Linux 6.18), a polled
-//! `O_DIRECT` read completes with `-EOPNOTSUPP`, the probe sees it, and glommio
-//! serves every read on its main (interrupt-driven) ring: `DmaFile::open` and
-//! `read_at` work with no setting at all (`tests/glommio_adapter.rs` prints the
-//! per-ring read counts). Three things to keep it that way:
-//! - open for reading with `DmaFile::open` (readable): the probe reads, so a
-//!   write-only `DmaFile::create` probes with `EBADF` and glommio caches "not
-//!   pollable" for the whole device (glommio #670) — harmless here, wrong on NVMe;
-//! - keep the files on a real disk: on tmpfs glommio skips `O_DIRECT` entirely;
-//! - on a device where the probe does pass but reads later fail with
-//!   `EOPNOTSUPP`, opening any file of that device write-only first (as above)
-//!   forces the main ring, since the cached verdict is per device.
-//!
-//! Nothing in this adapter depends on the ring glommio picked: lent fds are read
-//! with plain `pread`/`sendfile` on other threads (`O_DIRECT` rules apply: glommio
-//! sets `O_DIRECT` on the fd, so buffers, offsets and lengths must be aligned).
+//! [`LentDmaFile`]: the executor's own `DmaFile`, its fd lent through a [`Lender`].
 
-use crate::{LendError, Lender, Loan, LocalLoan, Reclaim, Ticket};
-use ::glommio::io::{DmaFile, OwnedDmaFile};
+use crate::{LendError, Lender, LentRegion, Loan, LocalLoan, Reclaim, RegionError, Ticket};
+use ::glommio::io::DmaFile;
 use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
@@ -80,8 +18,7 @@ use std::task::{Context, Poll};
 ///
 /// Close it with [`close`](LentDmaFile::close). Dropping it instead is a deferred
 /// close by fdlend (now if nothing is lent, else on the thread of the last returning
-/// loan), and leaks the `DmaFile`'s path buffer (about the path's length in bytes):
-/// glommio offers no way to take a `DmaFile` apart without closing its fd otherwise.
+/// loan).
 pub struct LentDmaFile {
     // Declared first so it is dropped first: glommio lets go of the fd number
     // before fdlend may close it.
@@ -141,6 +78,13 @@ impl LentDmaFile {
     /// [`Lender::local_loan`].
     pub fn local_loan(&self) -> LocalLoan {
         self.lender.local_loan()
+    }
+
+    /// A region of the file with a new loan, for [`fdlend::io`](crate::io) reads and
+    /// sends or a [`BorrowedDmaFile`](super::BorrowedDmaFile) on another executor;
+    /// see [`Lender::region`].
+    pub fn region(&self, offset: u64, len: u64) -> Result<LentRegion, RegionError> {
+        self.lender.region(offset, len)
     }
 
     /// A ticket that holds nothing open; see [`Lender::ticket`].
@@ -229,7 +173,7 @@ impl fmt::Debug for LentDmaFile {
 /// A `DmaFile` whose drop never closes its fd: while the wrapper lives, fdlend
 /// decides the close. Dropping it detaches the file from glommio (which would
 /// otherwise queue an io_uring close on its reactor, or leak the fd if the reactor
-/// is gone) and forgets the fd.
+/// is gone) and gives the fd number up.
 // Boxed: a `DmaFile` is ~120 bytes, and the wrapper travels in `Result`s.
 struct Unclosing(Option<Box<DmaFile>>);
 
@@ -248,10 +192,9 @@ impl Unclosing {
 impl Drop for Unclosing {
     fn drop(&mut self) {
         if let Some(dma) = self.0.take() {
-            // `OwnedDmaFile` takes the fd out of glommio's file (whose drop then
-            // does nothing) and releases the reactor handle and the scheduler;
-            // forgetting it skips its synchronous close, leaking only the path.
-            std::mem::forget(OwnedDmaFile::from(*dma));
+            // The vendored glommio's `into_raw_fd` (FDLEND-PATCH.md) takes the fd out
+            // of the file, so its drop queues no close, and frees everything else.
+            let _ = dma.into_raw_fd();
         }
     }
 }

@@ -1,0 +1,95 @@
+//! The serve_regions example's HTTP rules, without sockets: which `Range` headers
+//! get 206, 200 or 416, what keeps a connection alive, where a pipelined request
+//! starts, and which request targets name a servable file.
+
+#[allow(dead_code)] // only the `http` module is used here
+#[path = "../examples/serve_regions/main.rs"]
+mod serve_regions;
+
+use serve_regions::http::{
+    file_name, parse_range, parse_request, BadRequest, RangeAsk, TargetError,
+};
+
+#[test]
+fn ranges_parse_like_rfc_9110_says() {
+    let part = |start, end| RangeAsk::Part { start, end };
+    assert_eq!(parse_range(None, 100), RangeAsk::Whole);
+    assert_eq!(parse_range(Some("bytes=0-9"), 100), part(0, 10));
+    assert_eq!(parse_range(Some("bytes=90-"), 100), part(90, 100));
+    assert_eq!(parse_range(Some("bytes=-5"), 100), part(95, 100));
+    assert_eq!(parse_range(Some("bytes=-500"), 100), part(0, 100));
+    assert_eq!(parse_range(Some("bytes=50-500"), 100), part(50, 100));
+    assert_eq!(
+        parse_range(Some("bytes=100-"), 100),
+        RangeAsk::Unsatisfiable
+    );
+    assert_eq!(parse_range(Some("bytes=-0"), 100), RangeAsk::Unsatisfiable);
+    assert_eq!(parse_range(Some("bytes=9-3"), 100), RangeAsk::Unsatisfiable);
+    assert_eq!(parse_range(Some("bytes=x-1"), 100), RangeAsk::Unsatisfiable);
+    assert_eq!(
+        parse_range(Some("bytes=+1-2"), 100),
+        RangeAsk::Unsatisfiable
+    );
+    assert_eq!(parse_range(Some("bytes=0-0"), 0), RangeAsk::Unsatisfiable);
+    // Ignorable: several ranges, or a unit this server does not know.
+    assert_eq!(parse_range(Some("bytes=0-1,5-9"), 100), RangeAsk::Whole);
+    assert_eq!(parse_range(Some("items=0-1"), 100), RangeAsk::Whole);
+}
+
+#[test]
+fn request_heads_tell_keep_alive_and_bodies_apart() {
+    let parse = |head: &str| parse_request(head.as_bytes()).unwrap().unwrap().0;
+    let get = parse("GET /a HTTP/1.1\r\nRange: bytes=1-2\r\n\r\n");
+    assert!(get.keep_alive && !get.has_body);
+    assert_eq!(get.range.as_deref(), Some("bytes=1-2"));
+    assert!(!parse("GET /a HTTP/1.1\r\nConnection: Close\r\n\r\n").keep_alive);
+    assert!(!parse("GET /a HTTP/1.0\r\n\r\n").keep_alive);
+    assert!(parse("GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").keep_alive);
+    assert!(parse("GET /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc").has_body);
+    assert!(parse("GET /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").has_body);
+
+    let two = b"GET /a HTTP/1.1\r\n\r\nHEAD /b HTTP/1.1\r\n\r\n";
+    let (_, used) = parse_request(two).unwrap().unwrap();
+    assert_eq!(
+        &two[used..],
+        b"HEAD /b HTTP/1.1\r\n\r\n",
+        "a pipelined request stays"
+    );
+    assert_eq!(parse_request(b"GET /a HTTP/1.1\r\nHost: x"), Ok(None));
+    assert_eq!(
+        parse_request(b"\x01\x02 nonsense\r\n\r\n"),
+        Err(BadRequest::Malformed)
+    );
+    let huge = format!("GET /a HTTP/1.1\r\nX: {}", "y".repeat(17 * 1024));
+    assert_eq!(parse_request(huge.as_bytes()), Err(BadRequest::TooLarge));
+}
+
+#[test]
+fn targets_that_could_walk_a_directory_are_refused() {
+    assert_eq!(file_name("/a.txt?x=1"), Ok("a.txt".to_owned()));
+    assert_eq!(file_name("/my%20file"), Ok("my file".to_owned()));
+    for traversal in [
+        "/..",
+        "/.",
+        "/%2e%2e",
+        "/../etc/passwd",
+        "//etc/passwd",
+        "/a/b",
+        "/%2Fetc%2Fpasswd",
+        "/a%5cb",
+        "/a%00",
+    ] {
+        assert_eq!(
+            file_name(traversal),
+            Err(TargetError::Traversal),
+            "{traversal}"
+        );
+    }
+    for malformed in ["", "a.txt", "*", "http://host/a.txt", "/", "/%zz", "/%e9"] {
+        assert_eq!(
+            file_name(malformed),
+            Err(TargetError::Malformed),
+            "{malformed}"
+        );
+    }
+}
