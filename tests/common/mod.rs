@@ -68,8 +68,11 @@ pub fn pattern(tag: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// A memfd holding `content`.
+/// A memfd holding `content` (under Miri, which has no `memfd_create`, a disk file).
 pub fn memfd_with(content: &[u8]) -> File {
+    if cfg!(miri) {
+        return disk_file_with(content);
+    }
     let mut file =
         File::from(memfd_create("fdlend-itest", MFdFlags::MFD_CLOEXEC).expect("memfd_create"));
     file.write_all(content).expect("write memfd");
