@@ -13,7 +13,7 @@
 //! - Sending to a socket or pipe: [`LentRegion::send_to`] (`sendfile`, then
 //!   `splice`, then read+write, reporting the [`SendPath`] that ran), resumable on
 //!   non-blocking destinations ([`SendProgress::Blocked`]).
-//! - io_uring: [`uring::Completions`] turns a caller's ring into ops that own the
+//! - io_uring: [`uring::Ring`] turns a caller's ring into ops that own the
 //!   region and buffer until their completion is reaped.
 //!
 //! ```

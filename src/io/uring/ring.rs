@@ -1,0 +1,176 @@
+//! [`Ring`]: an `IoUring` bound to its one op table. Owning the ring is what makes
+//! op ids sound: every CQE the table records was reaped here, from the ring its ops
+//! were pushed to, exactly once, so no completion can reach another table's op.
+
+use super::ops::QueueFull;
+use super::table::{is_tagged, Key, OpTable};
+use io_uring::{cqueue, squeue, IoUring};
+use std::cell::RefCell;
+use std::fmt;
+use std::io;
+use std::rc::Rc;
+
+/// An io_uring and the table of fdlend's ops on it. `!Send`: it lives on one thread.
+///
+/// The ring is owned, not borrowed, so a second table for the same ring cannot be
+/// made (`with_ring` takes the `IoUring` by value):
+///
+/// ```compile_fail
+/// let uring = io_uring::IoUring::new(8).unwrap();
+/// let first = fdlend::io::uring::Ring::with_ring(uring);
+/// let second = fdlend::io::uring::Ring::with_ring(uring); // moved: refused
+/// ```
+///
+/// Ops ([`read`](Ring::read), [`send`](Ring::send), their fixed-file forms) park
+/// what the kernel touches in the table until their last CQE is reaped by
+/// [`reap`](Ring::reap). A dropped op handle leaves them parked until then. If the
+/// ring is dropped with ops in flight their resources are leaked on purpose (their
+/// loans never return, so their files never close) rather than freed under the
+/// kernel; reap until [`in_flight`](Ring::in_flight) is 0 before dropping it.
+pub struct Ring {
+    pub(crate) uring: IoUring,
+    pub(crate) ops: Rc<RefCell<OpTable>>,
+    /// CQEs taken off the queue, so user callbacks run with no queue borrowed.
+    reaped: Vec<cqueue::Entry>,
+}
+
+/// [`Ring::push_foreign`] refused an entry: it carries fdlend's `user_data` tag, or
+/// the queue is full. Nothing was pushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForeignPushError {
+    /// Its `user_data` has fdlend's tag in the top 16 bits; pick another.
+    TaggedUserData(u64),
+    /// The submission queue is full; submit, then push again.
+    QueueFull,
+}
+
+impl fmt::Display for ForeignPushError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ForeignPushError::TaggedUserData(data) => write!(
+                f,
+                "user_data {data:#x} carries fdlend's tag 0xfd1e in its top 16 bits; use another value"
+            ),
+            ForeignPushError::QueueFull => {
+                f.write_str("the io_uring submission queue is full; submit, then push again")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ForeignPushError {}
+
+impl Ring {
+    /// A new ring of `entries` SQEs (see [`IoUring::new`]).
+    pub fn new(entries: u32) -> io::Result<Ring> {
+        Ok(Ring::with_ring(IoUring::new(entries)?))
+    }
+
+    /// Takes over a ring built by the caller (with its own setup flags). From now
+    /// on it is reached only through this `Ring`, so its table is the only one.
+    pub fn with_ring(uring: IoUring) -> Ring {
+        Ring {
+            uring,
+            ops: Rc::new(RefCell::new(OpTable::default())),
+            reaped: Vec::new(),
+        }
+    }
+
+    /// Ops whose last CQE has not been reaped yet, including dropped ones.
+    pub fn in_flight(&self) -> usize {
+        self.ops.borrow().in_flight()
+    }
+
+    /// Submits what was pushed; see [`io_uring::Submitter::submit`].
+    pub fn submit(&mut self) -> io::Result<usize> {
+        self.uring.submit()
+    }
+
+    /// Submits what was pushed and waits until at least `want` CQEs are in the
+    /// completion queue (not yet reaped); see [`io_uring::Submitter::submit_and_wait`].
+    pub fn submit_and_wait(&mut self, want: usize) -> io::Result<usize> {
+        self.uring.submit_and_wait(want)
+    }
+
+    /// Takes every CQE in the completion queue: fdlend's complete their ops (an
+    /// abandoned op's resources are dropped here, possibly returning a closing
+    /// file's last loan), the others go to `foreign`. Returns how many were ours.
+    pub fn reap(&mut self, mut foreign: impl FnMut(cqueue::Entry)) -> usize {
+        let mut reaped = std::mem::take(&mut self.reaped);
+        reaped.extend(self.uring.completion());
+        let mut ours = 0;
+        for cqe in reaped.drain(..) {
+            if !is_tagged(cqe.user_data()) {
+                foreign(cqe);
+                continue;
+            }
+            ours += 1;
+            let recorded = self.ops.borrow_mut().record(cqe.user_data(), cqe.result());
+            // Outside the borrow: dropping a loan may close the file, and dropping
+            // a user's destination runs their code, which may touch this table.
+            drop(recorded.freed);
+        }
+        self.reaped = reaped;
+        ours
+    }
+
+    /// Pushes an SQE that is not fdlend's (its CQE will go to `reap`'s `foreign`).
+    ///
+    /// # Safety
+    /// - Every buffer, fd and other resource `entry` names stays valid until its CQE
+    ///   is reaped, as for [`io_uring::SubmissionQueue::push`].
+    /// - It does not cancel, or otherwise end early, fdlend's ops on this ring
+    ///   except through [`cancel_then_close`](super::cancel_then_close): a cancelled
+    ///   op is harmless (its `-ECANCELED` CQE is reaped like any other), but fdlend
+    ///   cannot vouch for ops it did not build.
+    pub unsafe fn push_foreign(&mut self, entry: &squeue::Entry) -> Result<(), ForeignPushError> {
+        let data = entry.get_user_data();
+        if is_tagged(data) {
+            return Err(ForeignPushError::TaggedUserData(data));
+        }
+        // SAFETY: the caller keeps what `entry` names valid until its CQE (above);
+        // its user_data is not tagged, so its CQE never reaches the op table.
+        unsafe { self.uring.submission().push(entry) }.map_err(|_| ForeignPushError::QueueFull)
+    }
+
+    /// Parks `resources` in the table and pushes the entries `build` makes from
+    /// them (pointing into the parked box), all or nothing. `build` runs before the
+    /// table is borrowed, so user code it calls (`as_fd`) may touch this table.
+    pub(crate) fn push<R: 'static>(
+        &mut self,
+        resources: R,
+        fixed: Option<u32>,
+        build: impl FnOnce(&mut R) -> Vec<squeue::Entry>,
+    ) -> Result<Key, QueueFull<R>> {
+        let mut boxed = Box::new(resources);
+        // The entries point into the box, whose heap address survives the moves below.
+        let built = build(&mut boxed);
+        let mut sq = self.uring.submission();
+        if sq.capacity() - sq.len() < built.len() {
+            return Err(QueueFull(*boxed));
+        }
+        let mut ops = self.ops.borrow_mut();
+        let key = ops.insert(boxed, built.len() as u8, fixed);
+        for (stage, entry) in built.into_iter().enumerate() {
+            let entry = entry.user_data(ops.user_data(key, stage as u64));
+            // SAFETY: every buffer and fd the entry names is owned by the resources
+            // now parked in the table under `key`; the table frees them only after
+            // this op's last CQE is reaped from this ring (or leaks them if it dies
+            // first). See SAFETY.md, "The io_uring contract".
+            let pushed = unsafe { sq.push(&entry) };
+            // Room for every entry was checked above under the same `&mut` borrow
+            // of the queue, which the kernel only ever empties.
+            assert!(pushed.is_ok(), "fdlend: the submission queue shrank");
+        }
+        Ok(key)
+    }
+}
+
+impl fmt::Debug for Ring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ring")
+            .field("fd", &std::os::fd::AsRawFd::as_raw_fd(&self.uring))
+            .field("in_flight", &self.in_flight())
+            .finish()
+    }
+}
