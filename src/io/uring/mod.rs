@@ -30,10 +30,14 @@
 //! # }
 //! ```
 
+mod fixed;
+mod fixed_ops;
 mod ops;
 mod ring;
 mod table;
 
+pub use fixed::{FixedFile, FixedOpError, FixedOpRefused, RegisterRefused, DEFAULT_FIXED_FILES};
+pub use fixed_ops::{FixedReadDone, FixedReadOp, FixedSendDone, FixedSendOp};
 pub use ops::{OwnedBuf, QueueFull, ReadDone, ReadOp, SendDone, SendOp, SendRefused};
 pub use ring::{ForeignPushError, Ring};
 pub use table::USER_DATA_TAG;

@@ -14,7 +14,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::rc::Rc;
 
 /// A default pipe's capacity, in pages: the most one send op moves.
-const PIPE_PAGES: u64 = 16;
+pub(crate) const PIPE_PAGES: u64 = 16;
 
 mod sealed {
     pub trait Sealed {}
@@ -73,7 +73,7 @@ impl<T> fmt::Display for QueueFull<T> {
 
 impl<T: fmt::Debug> std::error::Error for QueueFull<T> {}
 
-fn page_size() -> u64 {
+pub(crate) fn page_size() -> u64 {
     // SAFETY: sysconf reads a constant of the running system; no memory is passed.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     u64::try_from(size).unwrap_or(4096)

@@ -2,6 +2,7 @@
 //! op ids sound: every CQE the table records was reaped here, from the ring its ops
 //! were pushed to, exactly once, so no completion can reach another table's op.
 
+use super::fixed::FixedTable;
 use super::ops::QueueFull;
 use super::table::{is_tagged, Key, OpTable};
 use io_uring::{cqueue, squeue, IoUring};
@@ -30,6 +31,7 @@ use std::rc::Rc;
 pub struct Ring {
     pub(crate) uring: IoUring,
     pub(crate) ops: Rc<RefCell<OpTable>>,
+    pub(crate) files: Rc<RefCell<FixedTable>>,
     /// CQEs taken off the queue, so user callbacks run with no queue borrowed.
     reaped: Vec<cqueue::Entry>,
 }
@@ -72,6 +74,7 @@ impl Ring {
         Ring {
             uring,
             ops: Rc::new(RefCell::new(OpTable::default())),
+            files: Rc::new(RefCell::new(FixedTable::default())),
             reaped: Vec::new(),
         }
     }
@@ -94,7 +97,8 @@ impl Ring {
 
     /// Takes every CQE in the completion queue: fdlend's complete their ops (an
     /// abandoned op's resources are dropped here, possibly returning a closing
-    /// file's last loan), the others go to `foreign`. Returns how many were ours.
+    /// file's last loan), the others go to `foreign`. Then released fixed files
+    /// whose ops are all reaped give their loans back. Returns how many were ours.
     pub fn reap(&mut self, mut foreign: impl FnMut(cqueue::Entry)) -> usize {
         let mut reaped = std::mem::take(&mut self.reaped);
         reaped.extend(self.uring.completion());
@@ -106,11 +110,15 @@ impl Ring {
             }
             ours += 1;
             let recorded = self.ops.borrow_mut().record(cqe.user_data(), cqe.result());
+            if let Some(slot) = recorded.fixed_done {
+                self.files.borrow_mut().op_done(slot);
+            }
             // Outside the borrow: dropping a loan may close the file, and dropping
             // a user's destination runs their code, which may touch this table.
             drop(recorded.freed);
         }
         self.reaped = reaped;
+        self.settle_files();
         ours
     }
 
