@@ -159,12 +159,11 @@ fn a_fixed_send_splices_the_file_s_bytes_to_a_pipe() {
     let fixed = ring.register(lender.loan().unwrap()).unwrap();
     let op = ring
         .send_fixed(&fixed, 1000, 30_000, sink_write)
-        .ok()
         .expect("room");
     while !op.is_done() {
         reap_all(&mut ring);
     }
-    let done = op.finish().ok().expect("done");
+    let done = op.finish().expect("done");
     assert_eq!(done.filled, Ok(30_000));
     assert_eq!(done.sent, Ok(30_000));
     drop(done);

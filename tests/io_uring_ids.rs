@@ -186,7 +186,9 @@ fn user_code_run_by_an_op_may_touch_the_ring_s_ops() {
     };
     let region = LentRegion::new(lender.loan().unwrap(), 0, 4096).unwrap();
     // as_fd runs while the op is built: it queries another op of this ring.
-    let send = ring.send(region, out).ok().expect("room for a send");
+    let Ok(send) = ring.send(region, out) else {
+        panic!("no room for a send")
+    };
     drop(send);
     // The abandoned send's destination is dropped in `reap`: its Drop drops the
     // other op's handle.

@@ -232,15 +232,8 @@ impl FixedTable {
         slots
     }
 
-    /// True when any live slot holds `fd` (registered or with ops left).
-    pub(crate) fn holds_fd(&self, fd: RawFd) -> bool {
-        self.entries.iter().any(
-            |entry| matches!(entry, Entry::Live { fd: held, loan: Some(_), .. } if *held == fd),
-        )
-    }
-
     /// Slots registered for files the kernel should forget now.
-    fn to_unregister(&mut self) -> Vec<u32> {
+    fn due_for_unregister(&mut self) -> Vec<u32> {
         self.dirty.sort_unstable();
         self.dirty.dedup();
         self.dirty
@@ -373,7 +366,7 @@ impl Ring {
     /// Unregisters released or revoked slots and drops the loans that nothing in
     /// the kernel can reach any more.
     pub(crate) fn settle_files(&mut self) {
-        let slots = self.files.borrow_mut().to_unregister();
+        let slots = self.files.borrow_mut().due_for_unregister();
         for slot in slots {
             // Sync update: when it returns, no new op resolves the slot; ops that
             // already did hold the kernel's reference until their CQE.

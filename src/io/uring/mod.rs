@@ -30,12 +30,14 @@
 //! # }
 //! ```
 
+mod cancel;
 mod fixed;
 mod fixed_ops;
 mod ops;
 mod ring;
 mod table;
 
+pub use cancel::{cancel_in_flight, cancel_then_close, Cancelled, Cancelling, RingOnThisThread};
 pub use fixed::{FixedFile, FixedOpError, FixedOpRefused, RegisterRefused, DEFAULT_FIXED_FILES};
 pub use fixed_ops::{FixedReadDone, FixedReadOp, FixedSendDone, FixedSendOp};
 pub use ops::{OwnedBuf, QueueFull, ReadDone, ReadOp, SendDone, SendOp, SendRefused};

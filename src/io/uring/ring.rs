@@ -2,6 +2,7 @@
 //! op ids sound: every CQE the table records was reaped here, from the ring its ops
 //! were pushed to, exactly once, so no completion can reach another table's op.
 
+use super::cancel::Mailbox;
 use super::fixed::FixedTable;
 use super::ops::QueueFull;
 use super::table::{is_tagged, Key, OpTable};
@@ -18,8 +19,8 @@ use std::rc::Rc;
 ///
 /// ```compile_fail
 /// let uring = io_uring::IoUring::new(8).unwrap();
-/// let first = fdlend::io::uring::Ring::with_ring(uring);
-/// let second = fdlend::io::uring::Ring::with_ring(uring); // moved: refused
+/// let first = fdlend::io::uring::Ring::with_ring(uring).unwrap();
+/// let second = fdlend::io::uring::Ring::with_ring(uring).unwrap(); // moved: refused
 /// ```
 ///
 /// Ops ([`read`](Ring::read), [`send`](Ring::send), their fixed-file forms) park
@@ -32,6 +33,7 @@ pub struct Ring {
     pub(crate) uring: IoUring,
     pub(crate) ops: Rc<RefCell<OpTable>>,
     pub(crate) files: Rc<RefCell<FixedTable>>,
+    pub(crate) mailbox: Mailbox,
     /// CQEs taken off the queue, so user callbacks run with no queue borrowed.
     reaped: Vec<cqueue::Entry>,
 }
@@ -65,23 +67,31 @@ impl std::error::Error for ForeignPushError {}
 impl Ring {
     /// A new ring of `entries` SQEs (see [`IoUring::new`]).
     pub fn new(entries: u32) -> io::Result<Ring> {
-        Ok(Ring::with_ring(IoUring::new(entries)?))
+        Ring::with_ring(IoUring::new(entries)?)
     }
 
     /// Takes over a ring built by the caller (with its own setup flags). From now
     /// on it is reached only through this `Ring`, so its table is the only one.
-    pub fn with_ring(uring: IoUring) -> Ring {
-        Ring {
+    /// The ring keeps one read of its own armed (the cancel inbox's eventfd, see
+    /// [`cancel_then_close`](super::cancel_then_close)); fails only if that
+    /// eventfd cannot be made.
+    pub fn with_ring(uring: IoUring) -> io::Result<Ring> {
+        let mut ring = Ring {
             uring,
             ops: Rc::new(RefCell::new(OpTable::default())),
             files: Rc::new(RefCell::new(FixedTable::default())),
+            mailbox: Mailbox::new()?,
             reaped: Vec::new(),
-        }
+        };
+        ring.arm_nudge();
+        Ok(ring)
     }
 
-    /// Ops whose last CQE has not been reaped yet, including dropped ones.
+    /// Ops whose last CQE has not been reaped yet, including dropped ones (not
+    /// counting the ring's own inbox read and cancels).
     pub fn in_flight(&self) -> usize {
-        self.ops.borrow().in_flight()
+        let all = self.ops.borrow().in_flight();
+        all - self.mailbox.internal_in_flight()
     }
 
     /// Submits what was pushed; see [`io_uring::Submitter::submit`].
@@ -99,7 +109,20 @@ impl Ring {
     /// abandoned op's resources are dropped here, possibly returning a closing
     /// file's last loan), the others go to `foreign`. Then released fixed files
     /// whose ops are all reaped give their loans back. Returns how many were ours.
-    pub fn reap(&mut self, mut foreign: impl FnMut(cqueue::Entry)) -> usize {
+    pub fn reap(&mut self, foreign: impl FnMut(cqueue::Entry)) -> usize {
+        let ours = self.record_completions(foreign);
+        self.settle_files();
+        self.serve_mailbox();
+        ours
+    }
+
+    /// `reap` without serving the inbox (for drop).
+    pub(crate) fn reap_quietly(&mut self) {
+        self.record_completions(drop);
+        self.settle_files();
+    }
+
+    fn record_completions(&mut self, mut foreign: impl FnMut(cqueue::Entry)) -> usize {
         let mut reaped = std::mem::take(&mut self.reaped);
         reaped.extend(self.uring.completion());
         let mut ours = 0;
@@ -118,7 +141,6 @@ impl Ring {
             drop(recorded.freed);
         }
         self.reaped = reaped;
-        self.settle_files();
         ours
     }
 
@@ -171,6 +193,12 @@ impl Ring {
             assert!(pushed.is_ok(), "fdlend: the submission queue shrank");
         }
         Ok(key)
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        self.close_mailbox();
     }
 }
 

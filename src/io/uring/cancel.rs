@@ -1,0 +1,342 @@
+//! Cancel-then-close: how a closing thread reaches every ring's thread.
+//!
+//! Rings are per thread and `!Send`, so the closer cannot touch them. Each [`Ring`]
+//! has an inbox (a mutex-guarded queue) listed in a process-wide registry, and an
+//! eventfd whose read the ring keeps armed as one of its own ops. The closer puts a
+//! request in every live inbox and writes each eventfd: a ring thread blocked in
+//! `submit_and_wait` wakes on that read's CQE, and its next [`Ring::reap`] serves
+//! the inbox: one `IORING_OP_ASYNC_CANCEL` with `IORING_ASYNC_CANCEL_FD |
+//! IORING_ASYNC_CANCEL_ALL` for the file's fd (which matches plain *and* fixed-file
+//! ops, as both resolve to the same `struct file`), and the file's fixed slots are
+//! revoked and unregistered. When the cancel's own CQE is reaped the ring answers.
+//! Cancelled ops complete with `-ECANCELED` to their owners like any op, and their
+//! loans return as they are reaped; the closer then closes with `close_wait`.
+//!
+//! Only io_uring ops can be cancelled: a std thread blocked in `pread(2)` on the
+//! file cannot be interrupted, and its loan keeps `close_wait` waiting until the
+//! call returns by itself. A ring whose thread never reaps again never answers.
+
+use super::ops::Handle;
+use super::ring::Ring;
+use crate::Lender;
+use io_uring::{opcode, types};
+use std::cell::Cell;
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+
+/// One closer's request, shared by every ring it was sent to.
+struct CancelRequest {
+    fd: RawFd,
+    state: Mutex<Tally>,
+    answered: Condvar,
+}
+
+#[derive(Default)]
+struct Tally {
+    waiting_for: usize,
+    rings: usize,
+    cancelled: usize,
+}
+
+impl CancelRequest {
+    /// A ring is done with this request, having cancelled `cancelled` ops.
+    fn answer(&self, cancelled: usize) {
+        let mut tally = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        tally.waiting_for -= 1;
+        tally.rings += 1;
+        tally.cancelled += cancelled;
+        if tally.waiting_for == 0 {
+            self.answered.notify_all();
+        }
+    }
+}
+
+/// A ring's inbox, reachable from any thread.
+pub(crate) struct Inbox {
+    queue: Mutex<Queue>,
+    nudge: OwnedFd,
+}
+
+#[derive(Default)]
+struct Queue {
+    requests: Vec<Arc<CancelRequest>>,
+    /// The ring is gone: no request may wait for it.
+    closed: bool,
+}
+
+/// Every live ring's inbox.
+static INBOXES: Mutex<Vec<Weak<Inbox>>> = Mutex::new(Vec::new());
+
+thread_local! {
+    /// Rings alive on this thread: a closer here would wait for itself.
+    static RINGS_HERE: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The ring side: its inbox, the armed eventfd read, and cancels being served.
+pub(crate) struct Mailbox {
+    inbox: Arc<Inbox>,
+    nudge: Option<Handle<(Arc<Inbox>, Vec<u8>)>>,
+    serving: Vec<(Arc<CancelRequest>, Handle<()>)>,
+    /// Requests taken from the inbox that found no room in the queue yet.
+    backlog: Vec<Arc<CancelRequest>>,
+}
+
+impl Mailbox {
+    pub(crate) fn new() -> io::Result<Mailbox> {
+        // SAFETY: eventfd takes no pointers; a non-negative result is a new fd
+        // that nothing else owns, so the `OwnedFd` below is its only owner.
+        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` was just created above and is owned by no one else.
+        let nudge = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+        let inbox = Arc::new(Inbox {
+            queue: Mutex::new(Queue::default()),
+            nudge,
+        });
+        let mut inboxes = INBOXES.lock().unwrap_or_else(|e| e.into_inner());
+        inboxes.retain(|weak| weak.strong_count() > 0);
+        inboxes.push(Arc::downgrade(&inbox));
+        drop(inboxes);
+        RINGS_HERE.with(|n| n.set(n.get() + 1));
+        Ok(Mailbox {
+            inbox,
+            nudge: None,
+            serving: Vec::new(),
+            backlog: Vec::new(),
+        })
+    }
+
+    /// The ring's own ops still waiting for a CQE (not counted as the user's).
+    pub(crate) fn internal_in_flight(&self) -> usize {
+        let nudge = self.nudge.as_ref().is_some_and(|op| !op.is_done());
+        usize::from(nudge) + self.serving.iter().filter(|(_, op)| !op.is_done()).count()
+    }
+}
+
+impl Ring {
+    /// Keeps a read armed on the inbox's eventfd, so a closer's write wakes a
+    /// thread blocked in `submit_and_wait`.
+    pub(crate) fn arm_nudge(&mut self) {
+        if self.mailbox.nudge.as_ref().is_some_and(|op| !op.is_done()) {
+            return;
+        }
+        drop(self.mailbox.nudge.take());
+        let inbox = Arc::clone(&self.mailbox.inbox);
+        let pushed = self.push((inbox, vec![0u8; 8]), None, |(inbox, buf)| {
+            let fd = types::Fd(inbox.nudge.as_raw_fd());
+            vec![opcode::Read::new(fd, buf.as_mut_ptr(), 8).build()]
+        });
+        // A full queue: armed again at the next reap.
+        if let Ok(key) = pushed {
+            self.mailbox.nudge = Some(Handle::new(self, key));
+            let _ = self.uring.submit();
+        }
+    }
+
+    /// Answers finished cancels, re-arms the nudge, and serves new requests.
+    pub(crate) fn serve_mailbox(&mut self) {
+        self.mailbox
+            .serving
+            .retain(|(request, op)| match op.take() {
+                Some(((), results)) => {
+                    request.answer(usize::try_from(results[0]).unwrap_or(0));
+                    false
+                }
+                None => true,
+            });
+        self.arm_nudge();
+        let mut requests = std::mem::take(&mut self.mailbox.backlog);
+        requests.extend(std::mem::take(
+            &mut self
+                .mailbox
+                .inbox
+                .queue
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .requests,
+        ));
+        if requests.is_empty() {
+            return;
+        }
+        for request in requests {
+            let fd = request.fd;
+            let cancel = |_: &mut ()| {
+                let all = types::CancelBuilder::fd(types::Fd(fd)).all();
+                vec![opcode::AsyncCancel2::new(all).build()]
+            };
+            let key = match self.push((), None, cancel) {
+                Ok(key) => key,
+                Err(_) => {
+                    let _ = self.uring.submit();
+                    match self.push((), None, cancel) {
+                        Ok(key) => key,
+                        Err(_) => {
+                            self.mailbox.backlog.push(request);
+                            continue;
+                        }
+                    }
+                }
+            };
+            self.mailbox.serving.push((request, Handle::new(self, key)));
+            // Submitted before the slots go, while the lender keeps `fd` open.
+            let _ = self.uring.submit();
+            self.files.borrow_mut().revoke_fd(fd);
+        }
+        self.settle_files();
+    }
+
+    /// At drop: no request may wait for this ring; its nudge read is cancelled and
+    /// reaped so the eventfd and buffer are freed rather than leaked.
+    pub(crate) fn close_mailbox(&mut self) {
+        let queued = {
+            let mut queue = self
+                .mailbox
+                .inbox
+                .queue
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            queue.closed = true;
+            std::mem::take(&mut queue.requests)
+        };
+        for request in queued
+            .into_iter()
+            .chain(std::mem::take(&mut self.mailbox.backlog))
+        {
+            request.answer(0);
+        }
+        for (request, _) in std::mem::take(&mut self.mailbox.serving) {
+            request.answer(0);
+        }
+        RINGS_HERE.with(|n| n.set(n.get() - 1));
+        let Some(nudge) = self.mailbox.nudge.take() else {
+            return;
+        };
+        let fd = self.mailbox.inbox.nudge.as_raw_fd();
+        let stop = types::CancelBuilder::fd(types::Fd(fd)).all();
+        // Bounded: a cancelled eventfd read completes at once; if it cannot be
+        // pushed the op's buffer and inbox are leaked, which is safe.
+        if self
+            .push((), None, |_| vec![opcode::AsyncCancel2::new(stop).build()])
+            .is_err()
+        {
+            return;
+        }
+        for _ in 0..64 {
+            if nudge.is_done() || self.uring.submit_and_wait(1).is_err() {
+                break;
+            }
+            self.reap_quietly();
+        }
+    }
+}
+
+/// The closer's view of a cancel in progress. See [`cancel_in_flight`].
+pub struct Cancelling {
+    request: Arc<CancelRequest>,
+}
+
+/// What a cancel did, once every ring answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cancelled {
+    /// Rings that answered (every ring alive when the cancel was sent).
+    pub rings: usize,
+    /// Ops the kernel cancelled on them (each completes with `-ECANCELED`).
+    pub cancelled: usize,
+}
+
+impl Cancelling {
+    /// Blocks until every ring has reaped its cancel's CQE.
+    pub fn wait(self) -> Cancelled {
+        let mut tally = self.request.state.lock().unwrap_or_else(|e| e.into_inner());
+        while tally.waiting_for > 0 {
+            tally = self
+                .request
+                .answered
+                .wait(tally)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        Cancelled {
+            rings: tally.rings,
+            cancelled: tally.cancelled,
+        }
+    }
+}
+
+impl fmt::Debug for Cancelling {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cancelling")
+            .field("fd", &self.request.fd)
+            .finish()
+    }
+}
+
+/// Cancel-then-close was refused: this thread owns a [`Ring`], which could not
+/// serve the request while this thread waits. The lender comes back untouched.
+#[derive(Debug)]
+pub struct RingOnThisThread<T>(pub T);
+
+impl<T> fmt::Display for RingOnThisThread<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            "this thread owns an io_uring Ring that could not serve the cancel while it waits; cancel from a thread without one",
+        )
+    }
+}
+
+impl<T: fmt::Debug> std::error::Error for RingOnThisThread<T> {}
+
+/// Asks every live [`Ring`] of the process to cancel its in-flight ops on
+/// `lender`'s file (`IORING_ASYNC_CANCEL_FD | IORING_ASYNC_CANCEL_ALL`) and to
+/// revoke the file's fixed slots. Returns at once; [`Cancelling::wait`] blocks
+/// until every ring answered. Ops pushed after a ring answered are not cancelled.
+pub fn cancel_in_flight(lender: &Lender) -> Result<Cancelling, RingOnThisThread<()>> {
+    if RINGS_HERE.with(Cell::get) > 0 {
+        return Err(RingOnThisThread(()));
+    }
+    let request = Arc::new(CancelRequest {
+        fd: lender.as_raw_fd(),
+        state: Mutex::new(Tally::default()),
+        answered: Condvar::new(),
+    });
+    let inboxes: Vec<Arc<Inbox>> = INBOXES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter_map(Weak::upgrade)
+        .collect();
+    for inbox in inboxes {
+        let mut queue = inbox.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if queue.closed {
+            continue;
+        }
+        request
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .waiting_for += 1;
+        queue.requests.push(Arc::clone(&request));
+        drop(queue);
+        // A failed nudge only delays the answer to the ring's next reap.
+        let _ = nix::unistd::write(&inbox.nudge, &1u64.to_ne_bytes());
+    }
+    Ok(Cancelling { request })
+}
+
+/// Cancels every fdlend io_uring op on `lender`'s file on every ring, waits for
+/// the rings to answer, then [`close_wait`](Lender::close_wait)s: the cancelled
+/// ops' loans return as their owners reap their `-ECANCELED` CQEs. Refused (the
+/// lender handed back) on a thread that owns a [`Ring`].
+pub fn cancel_then_close(
+    lender: Lender,
+) -> Result<(Cancelled, io::Result<()>), RingOnThisThread<Lender>> {
+    let cancelling = match cancel_in_flight(&lender) {
+        Ok(cancelling) => cancelling,
+        Err(RingOnThisThread(())) => return Err(RingOnThisThread(lender)),
+    };
+    let cancelled = cancelling.wait();
+    Ok((cancelled, lender.close_wait()))
+}
