@@ -5,11 +5,14 @@
 //!
 //! Life of a slot: `register` (sync `IORING_REGISTER_FILES_UPDATE` with the loan's
 //! fd; the kernel takes its own file reference) → ops with `types::Fixed` (each
-//! counted until its last CQE) → `release`, or the [`FixedFile`] dropped, or a
-//! cancel-then-close revoking it → sync update to `-1` (when it returns, no new op
-//! can resolve the slot) → once the counted ops are reaped, the loan is dropped and
-//! the slot can be reused.
+//! counted until its last CQE) → `release` or the [`FixedFile`] dropped → once the
+//! counted ops are reaped, a sync update to `-1` (when it returns, no op can
+//! resolve the slot) → the loan is dropped and the slot can be reused. A
+//! cancel-then-close revokes the slot instead: it is unregistered at once (its ops
+//! are being cancelled) and the loan drops when they are reaped.
 
+use super::error::{FixedOpError, RegisterRefused};
+use super::handoff::Handoff;
 use super::ring::Ring;
 use crate::Loan;
 use std::cell::RefCell;
@@ -17,13 +20,20 @@ use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
+use std::sync::Arc;
 
 /// Slots in a ring's fixed-file table when the first file is registered without
 /// [`Ring::reserve_fixed_files`].
 pub const DEFAULT_FIXED_FILES: u32 = 64;
 
-enum Entry {
+pub(crate) enum Entry {
     Vacant,
+    /// Waiting for a file another ring sends with `MSG_RING` (see handoff.rs).
+    Reserved {
+        handoff: Arc<Handoff>,
+        /// The user's `FixedFile` still exists.
+        handle: bool,
+    },
     Live {
         /// `None` once dropped (unregistered and no op left).
         loan: Option<Loan>,
@@ -42,10 +52,10 @@ enum Entry {
 /// The ring's view of its fixed-file table.
 #[derive(Default)]
 pub(crate) struct FixedTable {
-    entries: Vec<Entry>,
-    free: Vec<u32>,
+    pub(crate) entries: Vec<Entry>,
+    pub(crate) free: Vec<u32>,
     /// Slots whose state changed and may need an unregister or a free.
-    dirty: Vec<u32>,
+    pub(crate) dirty: Vec<u32>,
 }
 
 /// A loan registered in a [`Ring`]'s fixed-file table: ops name it by slot, so
@@ -75,8 +85,9 @@ impl FixedFile {
 impl Drop for FixedFile {
     fn drop(&mut self) {
         let mut files = self.files.borrow_mut();
-        if let Entry::Live { handle, .. } = &mut files.entries[self.slot as usize] {
-            *handle = false;
+        match &mut files.entries[self.slot as usize] {
+            Entry::Live { handle, .. } | Entry::Reserved { handle, .. } => *handle = false,
+            Entry::Vacant => {}
         }
         files.dirty.push(self.slot);
     }
@@ -89,87 +100,6 @@ impl fmt::Debug for FixedFile {
             .finish()
     }
 }
-
-/// Why [`Ring::register`] registered nothing; the loan comes back.
-#[derive(Debug)]
-pub enum RegisterRefused {
-    /// Every slot of the table is taken; release one (or reserve a bigger table
-    /// before the first registration).
-    TableFull {
-        /// The loan, untouched.
-        loan: Loan,
-    },
-    /// The kernel refused the registration.
-    Kernel {
-        /// What `io_uring_register` said.
-        error: io::Error,
-        /// The loan, untouched.
-        loan: Loan,
-    },
-}
-
-impl fmt::Display for RegisterRefused {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RegisterRefused::TableFull { .. } => f.write_str(
-                "the ring's fixed-file table is full; release a FixedFile, or reserve more slots before the first register",
-            ),
-            RegisterRefused::Kernel { error, .. } => {
-                write!(f, "the kernel refused to register the file: {error}")
-            }
-        }
-    }
-}
-
-impl std::error::Error for RegisterRefused {}
-
-/// Why a fixed-file op was not pushed; everything comes back in `back`.
-#[derive(Debug)]
-pub struct FixedOpRefused<T> {
-    /// What went wrong.
-    pub reason: FixedOpError,
-    /// The op's buffer or destination, untouched.
-    pub back: T,
-}
-
-/// See [`FixedOpRefused`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FixedOpError {
-    /// The submission queue has no room for the op's entries; submit, then retry.
-    QueueFull,
-    /// The `FixedFile` belongs to another ring.
-    OtherRing,
-    /// A cancel-then-close took the file.
-    Revoked,
-    /// A send's private pipe could not be made (`EMFILE`, ...).
-    Pipe(nix::errno::Errno),
-}
-
-impl<T> fmt::Display for FixedOpRefused<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let FixedOpError::Pipe(errno) = self.reason {
-            return write!(
-                f,
-                "cannot make the send's pipe: {}; free some fds",
-                errno.desc()
-            );
-        }
-        f.write_str(match self.reason {
-            FixedOpError::QueueFull => {
-                "the io_uring submission queue is full; submit what is queued, then push again"
-            }
-            FixedOpError::OtherRing => {
-                "this FixedFile was registered on another ring; use that ring or register there"
-            }
-            FixedOpError::Revoked => {
-                "the file is being cancelled and closed; release this FixedFile"
-            }
-            FixedOpError::Pipe(_) => unreachable!("written above"),
-        })
-    }
-}
-
-impl<T: fmt::Debug> std::error::Error for FixedOpRefused<T> {}
 
 impl FixedTable {
     fn capacity(&self) -> u32 {
@@ -187,6 +117,22 @@ impl FixedTable {
         }
         match &self.entries[file.slot as usize] {
             Entry::Live { revoked: false, .. } => Ok(()),
+            Entry::Reserved { .. } => Err(FixedOpError::NotInstalled),
+            _ => Err(FixedOpError::Revoked),
+        }
+    }
+
+    /// A second loan of `file`'s file, for a hand-off.
+    pub(crate) fn loan_clone(
+        &self,
+        me: &Rc<RefCell<FixedTable>>,
+        file: &FixedFile,
+    ) -> Result<Loan, FixedOpError> {
+        self.check(me, file)?;
+        match &self.entries[file.slot as usize] {
+            Entry::Live {
+                loan: Some(loan), ..
+            } => loan.try_clone().map_err(|_| FixedOpError::Revoked),
             _ => Err(FixedOpError::Revoked),
         }
     }
@@ -242,7 +188,8 @@ impl FixedTable {
             .filter(|&slot| {
                 matches!(
                     self.entries[slot as usize],
-                    Entry::Live { registered: true, handle, revoked, .. } if !handle || revoked
+                    Entry::Live { registered: true, handle, revoked, ops, .. }
+                        if revoked || (!handle && ops == 0)
                 )
             })
             .collect()
@@ -261,6 +208,14 @@ impl FixedTable {
         let mut still_dirty = Vec::new();
         for slot in std::mem::take(&mut self.dirty) {
             let entry = &mut self.entries[slot as usize];
+            if let Entry::Reserved { handoff, handle } = entry {
+                // Given up before any file was sent: nothing can arrive any more.
+                if !*handle && handoff.abandoned() {
+                    *entry = Entry::Vacant;
+                    self.free.push(slot);
+                }
+                continue;
+            }
             let Entry::Live {
                 loan,
                 ops,
@@ -273,8 +228,8 @@ impl FixedTable {
                 continue;
             };
             if *registered {
-                // The unregister failed (or is not due yet): try again later.
-                if !*handle || *revoked {
+                // The unregister was due but failed: try again later.
+                if *revoked || (!*handle && *ops == 0) {
                     still_dirty.push(slot);
                 }
                 continue;
@@ -346,8 +301,8 @@ impl Ring {
         })
     }
 
-    /// Gives a registered file back: the slot is unregistered now; the loan
-    /// returns as soon as the ops still using the slot are reaped (at once if none).
+    /// Gives a registered file back: once the ops still using the slot are reaped
+    /// (at once if none) the slot is unregistered, and the loan returns.
     pub fn release(&mut self, file: FixedFile) {
         drop(file);
         self.settle_files();

@@ -1,7 +1,8 @@
 //! Ops on a registered file ([`FixedFile`]): reads and splice-sends that name the
 //! file by slot (`types::Fixed`), so the kernel skips the per-op fget/fput.
 
-use super::fixed::{FixedFile, FixedOpError, FixedOpRefused};
+use super::error::{FixedOpError, FixedOpRefused};
+use super::fixed::FixedFile;
 use super::ops::{page_size, result, Handle, OwnedBuf, PIPE_PAGES};
 use super::ring::Ring;
 use io_uring::{opcode, squeue, types};

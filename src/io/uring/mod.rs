@@ -31,15 +31,19 @@
 //! ```
 
 mod cancel;
+mod error;
 mod fixed;
 mod fixed_ops;
+mod handoff;
 mod ops;
 mod ring;
 mod table;
 
 pub use cancel::{cancel_in_flight, cancel_then_close, Cancelled, Cancelling, RingOnThisThread};
-pub use fixed::{FixedFile, FixedOpError, FixedOpRefused, RegisterRefused, DEFAULT_FIXED_FILES};
+pub use error::{FixedOpError, FixedOpRefused, RegisterRefused};
+pub use fixed::{FixedFile, DEFAULT_FIXED_FILES};
 pub use fixed_ops::{FixedReadDone, FixedReadOp, FixedSendDone, FixedSendOp};
+pub use handoff::{HandOffOp, Mailslot, HANDOFF_TAG};
 pub use ops::{OwnedBuf, QueueFull, ReadDone, ReadOp, SendDone, SendOp, SendRefused};
 pub use ring::{ForeignPushError, Ring};
 pub use table::USER_DATA_TAG;

@@ -4,13 +4,16 @@
 
 use super::cancel::Mailbox;
 use super::fixed::FixedTable;
+use super::handoff::is_handoff;
 use super::ops::QueueFull;
 use super::table::{is_tagged, Key, OpTable};
 use io_uring::{cqueue, squeue, IoUring};
 use std::cell::RefCell;
 use std::fmt;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::rc::Rc;
+use std::sync::Arc;
 
 /// An io_uring and the table of fdlend's ops on it. `!Send`: it lives on one thread.
 ///
@@ -34,6 +37,8 @@ pub struct Ring {
     pub(crate) ops: Rc<RefCell<OpTable>>,
     pub(crate) files: Rc<RefCell<FixedTable>>,
     pub(crate) mailbox: Mailbox,
+    /// A dup of the ring's fd that mailslots hold, made at the first one.
+    pub(crate) own_fd: Option<Arc<OwnedFd>>,
     /// CQEs taken off the queue, so user callbacks run with no queue borrowed.
     reaped: Vec<cqueue::Entry>,
 }
@@ -42,7 +47,8 @@ pub struct Ring {
 /// the queue is full. Nothing was pushed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ForeignPushError {
-    /// Its `user_data` has fdlend's tag in the top 16 bits; pick another.
+    /// Its `user_data` has one of fdlend's tags (`0xfd1e`, `0xfd1f`) in the top
+    /// 16 bits; pick another.
     TaggedUserData(u64),
     /// The submission queue is full; submit, then push again.
     QueueFull,
@@ -53,7 +59,7 @@ impl fmt::Display for ForeignPushError {
         match self {
             ForeignPushError::TaggedUserData(data) => write!(
                 f,
-                "user_data {data:#x} carries fdlend's tag 0xfd1e in its top 16 bits; use another value"
+                "user_data {data:#x} carries one of fdlend's tags (0xfd1e, 0xfd1f) in its top 16 bits; use another value"
             ),
             ForeignPushError::QueueFull => {
                 f.write_str("the io_uring submission queue is full; submit, then push again")
@@ -81,6 +87,7 @@ impl Ring {
             ops: Rc::new(RefCell::new(OpTable::default())),
             files: Rc::new(RefCell::new(FixedTable::default())),
             mailbox: Mailbox::new()?,
+            own_fd: None,
             reaped: Vec::new(),
         };
         ring.arm_nudge();
@@ -127,6 +134,10 @@ impl Ring {
         reaped.extend(self.uring.completion());
         let mut ours = 0;
         for cqe in reaped.drain(..) {
+            if is_handoff(cqe.user_data()) {
+                self.installed(cqe.user_data(), cqe.result());
+                continue;
+            }
             if !is_tagged(cqe.user_data()) {
                 foreign(cqe);
                 continue;
@@ -149,13 +160,15 @@ impl Ring {
     /// # Safety
     /// - Every buffer, fd and other resource `entry` names stays valid until its CQE
     ///   is reaped, as for [`io_uring::SubmissionQueue::push`].
+    /// - It is not an `IORING_OP_MSG_RING` that posts a CQE with fdlend's tags
+    ///   (`0xfd1e`, `0xfd1f` in the top 16 bits) to any ring: only fdlend's ops may.
     /// - It does not cancel, or otherwise end early, fdlend's ops on this ring
     ///   except through [`cancel_then_close`](super::cancel_then_close): a cancelled
     ///   op is harmless (its `-ECANCELED` CQE is reaped like any other), but fdlend
     ///   cannot vouch for ops it did not build.
     pub unsafe fn push_foreign(&mut self, entry: &squeue::Entry) -> Result<(), ForeignPushError> {
         let data = entry.get_user_data();
-        if is_tagged(data) {
+        if is_tagged(data) || is_handoff(data) {
             return Err(ForeignPushError::TaggedUserData(data));
         }
         // SAFETY: the caller keeps what `entry` names valid until its CQE (above);
