@@ -130,3 +130,54 @@ fn cancel_then_close_is_refused_on_a_thread_that_owns_a_ring() {
     closed.unwrap();
     assert_eq!(cancelled.cancelled, 0);
 }
+
+#[test]
+fn an_owner_with_its_own_ring_cancels_then_closes_through_it() {
+    let (read, write) = nix::unistd::pipe().unwrap();
+    let mut writer = File::from(write);
+    let identity = {
+        let meta = writer.metadata().unwrap();
+        (meta.dev(), meta.ino())
+    };
+    let lender = Lender::try_from(read).unwrap();
+    let (pushed, all_pushed) = mpsc::channel();
+    let other = ring_thread(vec![lender.loan().unwrap()], true, pushed);
+    all_pushed.recv().unwrap();
+
+    let mut ring = Ring::new(64).unwrap();
+    let ops: Vec<_> = (0..32)
+        .map(|_| {
+            let region = LentRegion::new(lender.loan().unwrap(), 0, 16).unwrap();
+            ring.read(region, vec![0; 16]).unwrap()
+        })
+        .collect();
+    ring.submit().unwrap();
+    let (cancelled, closing) = ring
+        .cancel_then_close(lender, |cqe| panic!("{cqe:?}"))
+        .unwrap();
+    assert!(cancelled.cancelled >= 64, "{cancelled:?}");
+    while ring.in_flight() > 0 {
+        ring.submit_and_wait(1).unwrap();
+        ring.reap(|cqe| panic!("{cqe:?}"));
+    }
+    let results: Vec<_> = ops.into_iter().map(|op| op.finish().unwrap()).collect();
+    assert!(results
+        .iter()
+        .all(|done| done.result == Err(Errno::ECANCELED)));
+    assert!(
+        !closing.is_closed(),
+        "the finished ops still hold their regions"
+    );
+    drop(results);
+    let other = other.join().unwrap();
+    assert!(
+        other.iter().all(|r| *r == Err(Errno::ECANCELED)),
+        "{other:?}"
+    );
+    assert!(matches!(closing.result(), Some(Ok(()))));
+    assert_eq!(pipe_fds(identity), 1);
+    assert_eq!(
+        writer.write(b"x").unwrap_err().raw_os_error(),
+        Some(libc::EPIPE)
+    );
+}

@@ -31,6 +31,9 @@ struct CancelRequest {
     fd: RawFd,
     state: Mutex<Tally>,
     answered: Condvar,
+    /// The asking thread's own ring, nudged at the last answer: it reaps while it
+    /// waits, so it can answer other closers meanwhile.
+    wake: Option<Arc<Inbox>>,
 }
 
 #[derive(Default)]
@@ -41,6 +44,22 @@ struct Tally {
 }
 
 impl CancelRequest {
+    fn new(fd: RawFd, wake: Option<Arc<Inbox>>) -> Arc<CancelRequest> {
+        Arc::new(CancelRequest {
+            fd,
+            state: Mutex::new(Tally::default()),
+            answered: Condvar::new(),
+            wake,
+        })
+    }
+
+    fn waiting_for(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .waiting_for
+    }
+
     /// A ring is done with this request, having cancelled `cancelled` ops.
     fn answer(&self, cancelled: usize) {
         let mut tally = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -49,6 +68,9 @@ impl CancelRequest {
         tally.cancelled += cancelled;
         if tally.waiting_for == 0 {
             self.answered.notify_all();
+            if let Some(inbox) = &self.wake {
+                inbox.nudge();
+            }
         }
     }
 }
@@ -64,6 +86,14 @@ struct Queue {
     requests: Vec<Arc<CancelRequest>>,
     /// The ring is gone: no request may wait for it.
     closed: bool,
+}
+
+impl Inbox {
+    /// Wakes the ring's thread if it waits in `submit_and_wait`.
+    fn nudge(&self) {
+        // A failed write only delays the ring's answer to its next reap.
+        let _ = nix::unistd::write(&self.nudge, &1u64.to_ne_bytes());
+    }
 }
 
 /// Every live ring's inbox.
@@ -163,30 +193,73 @@ impl Ring {
             return;
         }
         for request in requests {
-            let fd = request.fd;
-            let cancel = |_: &mut ()| {
-                let all = types::CancelBuilder::fd(types::Fd(fd)).all();
-                vec![opcode::AsyncCancel2::new(all).build()]
-            };
-            let key = match self.push((), None, cancel) {
-                Ok(key) => key,
-                Err(_) => {
-                    let _ = self.uring.submit();
-                    match self.push((), None, cancel) {
-                        Ok(key) => key,
-                        Err(_) => {
-                            self.mailbox.backlog.push(request);
-                            continue;
-                        }
-                    }
-                }
-            };
-            self.mailbox.serving.push((request, Handle::new(self, key)));
-            // Submitted before the slots go, while the lender keeps `fd` open.
-            let _ = self.uring.submit();
-            self.files.borrow_mut().revoke_fd(fd);
+            self.serve_request(request);
         }
         self.settle_files();
+    }
+
+    /// Pushes and submits the cancel for one request and revokes the file's fixed
+    /// slots; the answer goes out when the cancel's CQE is reaped.
+    fn serve_request(&mut self, request: Arc<CancelRequest>) {
+        let fd = request.fd;
+        let cancel = |_: &mut ()| {
+            let all = types::CancelBuilder::fd(types::Fd(fd)).all();
+            vec![opcode::AsyncCancel2::new(all).build()]
+        };
+        let key = match self.push((), None, cancel) {
+            Ok(key) => key,
+            Err(_) => {
+                let _ = self.uring.submit();
+                match self.push((), None, cancel) {
+                    Ok(key) => key,
+                    Err(_) => {
+                        self.mailbox.backlog.push(request);
+                        return;
+                    }
+                }
+            }
+        };
+        self.mailbox.serving.push((request, Handle::new(self, key)));
+        // Submitted before the slots go, while the lender keeps `fd` open.
+        let _ = self.uring.submit();
+        self.files.borrow_mut().revoke_fd(fd);
+    }
+
+    /// Cancel-then-close from the thread that owns this ring (a thread-per-core
+    /// owner usually has one): asks every other ring as [`cancel_in_flight`]
+    /// does, cancels this ring's ops on the file itself, waits for the other rings'
+    /// answers, reaps this ring until its own cancel is answered (CQEs that are not
+    /// fdlend's go to `foreign`), then starts a deferred [`close`](Lender::close):
+    /// the file closes when the last cancelled op's loan returns, which for this
+    /// ring's ops happens as you keep reaping. Refused if this thread owns another
+    /// `Ring`, which could not answer while this one waits.
+    pub fn cancel_then_close(
+        &mut self,
+        lender: Lender,
+        mut foreign: impl FnMut(io_uring::cqueue::Entry),
+    ) -> Result<(Cancelled, crate::Closing), RingOnThisThread<Lender>> {
+        if RINGS_HERE.with(Cell::get) > 1 {
+            return Err(RingOnThisThread(lender));
+        }
+        let own = Arc::clone(&self.mailbox.inbox);
+        let request = CancelRequest::new(lender.as_raw_fd(), Some(Arc::clone(&own)));
+        request
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .waiting_for = 1;
+        ask_every_ring(&request, Some(&own));
+        self.serve_request(Arc::clone(&request));
+        // Reap while waiting, so this ring answers other closers meanwhile; the
+        // last answer nudges it.
+        while request.waiting_for() > 0 {
+            match self.submit_and_wait(1) {
+                Err(e) if e.kind() != io::ErrorKind::Interrupted => break,
+                _ => {}
+            }
+            self.reap(&mut foreign);
+        }
+        Ok((Cancelling { request }.wait(), lender.close()))
     }
 
     /// At drop: no request may wait for this ring; its nudge read is cancelled and
@@ -297,16 +370,19 @@ pub fn cancel_in_flight(lender: &Lender) -> Result<Cancelling, RingOnThisThread<
     if RINGS_HERE.with(Cell::get) > 0 {
         return Err(RingOnThisThread(()));
     }
-    let request = Arc::new(CancelRequest {
-        fd: lender.as_raw_fd(),
-        state: Mutex::new(Tally::default()),
-        answered: Condvar::new(),
-    });
+    let request = CancelRequest::new(lender.as_raw_fd(), None);
+    ask_every_ring(&request, None);
+    Ok(Cancelling { request })
+}
+
+/// Puts `request` in every live inbox but `skip`, and nudges each.
+fn ask_every_ring(request: &Arc<CancelRequest>, skip: Option<&Arc<Inbox>>) {
     let inboxes: Vec<Arc<Inbox>> = INBOXES
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .iter()
         .filter_map(Weak::upgrade)
+        .filter(|inbox| skip.map_or(true, |skip| !Arc::ptr_eq(inbox, skip)))
         .collect();
     for inbox in inboxes {
         let mut queue = inbox.queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -318,12 +394,10 @@ pub fn cancel_in_flight(lender: &Lender) -> Result<Cancelling, RingOnThisThread<
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .waiting_for += 1;
-        queue.requests.push(Arc::clone(&request));
+        queue.requests.push(Arc::clone(request));
         drop(queue);
-        // A failed nudge only delays the answer to the ring's next reap.
-        let _ = nix::unistd::write(&inbox.nudge, &1u64.to_ne_bytes());
+        inbox.nudge();
     }
-    Ok(Cancelling { request })
 }
 
 /// Cancels every fdlend io_uring op on `lender`'s file on every ring, waits for
