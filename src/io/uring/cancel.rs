@@ -299,10 +299,13 @@ impl Ring {
             return;
         }
         for _ in 0..64 {
-            if nudge.is_done() || self.uring.submit_and_wait(1).is_err() {
+            if nudge.is_done() {
                 break;
             }
-            self.reap_quietly();
+            match self.uring.submit_and_wait(1) {
+                Err(e) if e.kind() != io::ErrorKind::Interrupted => break,
+                _ => self.reap_quietly(),
+            }
         }
     }
 }

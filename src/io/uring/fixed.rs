@@ -178,6 +178,19 @@ impl FixedTable {
         slots
     }
 
+    /// At the ring's drop: a slot with ops still in flight may be used by the
+    /// kernel until the ring's teardown ends them, so its loan is leaked (the file
+    /// never closes) like the ops' own resources, rather than returned early.
+    pub(crate) fn forget_busy_loans(&mut self) {
+        for entry in &mut self.entries {
+            if let Entry::Live { loan, ops, .. } = entry {
+                if *ops > 0 {
+                    std::mem::forget(loan.take());
+                }
+            }
+        }
+    }
+
     /// Slots registered for files the kernel should forget now.
     fn due_for_unregister(&mut self) -> Vec<u32> {
         self.dirty.sort_unstable();

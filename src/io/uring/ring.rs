@@ -212,6 +212,7 @@ impl Ring {
 impl Drop for Ring {
     fn drop(&mut self) {
         self.close_mailbox();
+        self.files.borrow_mut().forget_busy_loans();
     }
 }
 

@@ -218,6 +218,19 @@ impl OpTable {
     }
 }
 
+/// Addresses of resources leaked on purpose, kept reachable so leak checkers
+/// (LeakSanitizer, valgrind) see them as retained, not lost.
+static RETAINED: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+
+/// Leaks `resources` for good: the kernel may still use them.
+fn retain_forever(resources: Box<dyn Any>) {
+    let address = Box::into_raw(resources) as *mut u8 as usize;
+    RETAINED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(address);
+}
+
 impl Drop for OpTable {
     fn drop(&mut self) {
         for slot in &mut self.slots {
@@ -225,7 +238,7 @@ impl Drop for OpTable {
                 std::mem::replace(&mut slot.state, State::Vacant)
             {
                 // The kernel may still use these: leaking is the only safe end.
-                std::mem::forget(resources);
+                retain_forever(resources);
             }
         }
     }
