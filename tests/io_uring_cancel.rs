@@ -181,3 +181,35 @@ fn an_owner_with_its_own_ring_cancels_then_closes_through_it() {
         Some(libc::EPIPE)
     );
 }
+
+#[test]
+fn cancel_then_close_cancels_a_send_stuck_on_a_full_socket() {
+    let file = io_common::TempFile::with(&io_common::pattern(64 * 1024));
+    let lender = Lender::try_from(file.open()).unwrap();
+    let (out, peer) = std::os::unix::net::UnixStream::pair().unwrap();
+    // Fill the socket so the send's second splice waits for a reader that never comes.
+    out.set_nonblocking(true).unwrap();
+    let chunk = [0u8; 4096];
+    while (&out).write(&chunk).is_ok() {}
+    out.set_nonblocking(false).unwrap();
+    let region = LentRegion::new(lender.loan().unwrap(), 0, 32 * 1024).unwrap();
+    let (pushed, is_pushed) = mpsc::channel();
+    let sender = std::thread::spawn(move || {
+        let mut ring = Ring::new(8).unwrap();
+        let op = ring.send(region, out).unwrap();
+        ring.submit().unwrap();
+        pushed.send(()).unwrap();
+        while ring.in_flight() > 0 {
+            ring.submit_and_wait(1).unwrap();
+            ring.reap(|cqe| panic!("{cqe:?}"));
+        }
+        let done = op.finish().unwrap();
+        (done.filled, done.sent)
+    });
+    is_pushed.recv().unwrap();
+    let (cancelled, closed) = cancel_then_close(lender).unwrap();
+    closed.unwrap();
+    let (_filled, sent) = sender.join().unwrap();
+    assert_eq!(sent, Err(Errno::ECANCELED), "{cancelled:?}");
+    drop(peer);
+}

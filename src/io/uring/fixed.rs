@@ -137,6 +137,14 @@ impl FixedTable {
         }
     }
 
+    /// The fd of the file registered in `slot`.
+    pub(crate) fn fd_of(&self, slot: u32) -> Option<RawFd> {
+        match self.entries.get(slot as usize)? {
+            Entry::Live { fd, .. } => Some(*fd),
+            _ => None,
+        }
+    }
+
     pub(crate) fn op_pushed(&mut self, slot: u32) {
         if let Entry::Live { ops, .. } = &mut self.entries[slot as usize] {
             *ops += 1;

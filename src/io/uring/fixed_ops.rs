@@ -175,6 +175,9 @@ impl Ring {
                 back: full.0 .0,
             })?;
         self.files.borrow_mut().op_pushed(slot);
+        if let Some(fd) = self.files.borrow().fd_of(slot) {
+            self.ops.borrow_mut().mark_send(key, fd);
+        }
         Ok(FixedSendOp {
             handle: Handle::new(self, key),
         })

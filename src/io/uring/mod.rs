@@ -31,6 +31,7 @@
 //! ```
 
 mod cancel;
+mod cancel_sends;
 mod error;
 mod fixed;
 mod fixed_ops;

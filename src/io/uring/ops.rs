@@ -117,8 +117,17 @@ impl<R> Drop for Handle<R> {
     }
 }
 
+/// `ERESTARTSYS` and its kin (512..=516): kernel-internal codes that reach a CQE
+/// when a cancel interrupts an op blocked in an io-wq worker (seen on 6.18 for a
+/// splice into a full socket).
+const KERNEL_RESTART: std::ops::RangeInclusive<i32> = 512..=516;
+
+/// A CQE's result as bytes or errno; an interrupted op reports `ECANCELED`.
 pub(crate) fn result(raw: i32) -> Result<usize, Errno> {
-    usize::try_from(raw).map_err(|_| Errno::from_raw(-raw))
+    usize::try_from(raw).map_err(|_| match -raw {
+        errno if KERNEL_RESTART.contains(&errno) => Errno::ECANCELED,
+        errno => Errno::from_raw(errno),
+    })
 }
 
 /// A read of a region into an owned buffer, in flight. See [`Ring::read`].
@@ -255,6 +264,7 @@ impl Ring {
             Ok(pipe) => pipe,
             Err(errno) => return Err(SendRefused::Pipe { errno, region, out }),
         };
+        let file_fd = region.as_raw_fd();
         let key = self
             .push(
                 (region, out, pipe_read, pipe_write),
@@ -279,6 +289,7 @@ impl Ring {
                 },
             )
             .map_err(|QueueFull((region, out, ..))| SendRefused::QueueFull { region, out })?;
+        self.ops.borrow_mut().mark_send(key, file_fd);
         Ok(SendOp {
             handle: Handle::new(self, key),
         })

@@ -156,16 +156,22 @@ impl Ring {
     }
 
     /// Pushes an SQE that is not fdlend's (its CQE will go to `reap`'s `foreign`).
+    /// Refused, with nothing pushed, if its `user_data` carries one of fdlend's tags.
+    ///
+    /// Cancelling fdlend's ops this way is fine: a cancelled op still completes
+    /// (with `-ECANCELED`) and its CQE is reaped like any other.
     ///
     /// # Safety
     /// - Every buffer, fd and other resource `entry` names stays valid until its CQE
     ///   is reaped, as for [`io_uring::SubmissionQueue::push`].
-    /// - It is not an `IORING_OP_MSG_RING` that posts a CQE with fdlend's tags
-    ///   (`0xfd1e`, `0xfd1f` in the top 16 bits) to any ring: only fdlend's ops may.
-    /// - It does not cancel, or otherwise end early, fdlend's ops on this ring
-    ///   except through [`cancel_then_close`](super::cancel_then_close): a cancelled
-    ///   op is harmless (its `-ECANCELED` CQE is reaped like any other), but fdlend
-    ///   cannot vouch for ops it did not build.
+    /// - It does not close, or install over, an fd or fixed-file slot it does not
+    ///   own (`IORING_OP_CLOSE`, `IORING_OP_FILES_UPDATE`, a direct-descriptor
+    ///   open or accept into a slot): fdlend's ops and slots name those and count
+    ///   on them staying the files their loans hold.
+    /// - If it is an `IORING_OP_MSG_RING`, the CQE it posts on the target ring does
+    ///   not carry fdlend's tags (`0xfd1e`, `0xfd1f` in the top 16 bits): a ring
+    ///   takes such a CQE for the completion of one of its ops or hand-offs (and
+    ///   panics if it names none).
     pub unsafe fn push_foreign(&mut self, entry: &squeue::Entry) -> Result<(), ForeignPushError> {
         let data = entry.get_user_data();
         if is_tagged(data) || is_handoff(data) {

@@ -3,6 +3,7 @@
 //! a CQE can only ever be recorded by the table whose ops produced it.
 
 use std::any::Any;
+use std::os::fd::RawFd;
 
 /// The top 16 bits of every `user_data` fdlend puts on an SQE.
 pub const USER_DATA_TAG: u64 = 0xfd1e;
@@ -28,6 +29,9 @@ enum State {
         results: [i32; 2],
         abandoned: bool,
         fixed: Option<u32>,
+        /// For a send: the lent file's fd, which a cancel by fd cannot match
+        /// (splices name their pipe), so a cancel-then-close cancels it by id.
+        send_of: Option<RawFd>,
     },
     Done {
         resources: Box<dyn Any>,
@@ -80,6 +84,7 @@ impl OpTable {
             results: [0; 2],
             abandoned: false,
             fixed,
+            send_of: None,
         };
         let index = match self.free.pop() {
             Some(index) => index,
@@ -103,6 +108,33 @@ impl OpTable {
             index,
             generation: slot.generation,
         }
+    }
+
+    /// Marks the op at `key` as a send of `fd`'s file.
+    pub(crate) fn mark_send(&mut self, key: Key, fd: RawFd) {
+        if let Some(State::InFlight { send_of, .. }) = self.slot(key).map(|slot| &mut slot.state) {
+            *send_of = Some(fd);
+        }
+    }
+
+    /// The `user_data` of both stages of every in-flight send of `fd`'s file.
+    pub(crate) fn sends_of(&self, fd: RawFd) -> Vec<u64> {
+        let mut data = Vec::new();
+        for (index, slot) in self.slots.iter().enumerate() {
+            if let State::InFlight {
+                send_of: Some(of), ..
+            } = slot.state
+            {
+                if of == fd {
+                    let key = Key {
+                        index,
+                        generation: slot.generation,
+                    };
+                    data.extend([self.user_data(key, 0), self.user_data(key, 1)]);
+                }
+            }
+        }
+        data
     }
 
     /// The `user_data` for stage `stage` (0 or 1) of the op at `key`.
