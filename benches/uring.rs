@@ -181,7 +181,7 @@ fn main() {
     );
     println!("|---|---:|---:|---:|");
     println!(
-        "| plain fd (`types::Fd`, region per op) | {:.0} | {:.0} | 1.000 |",
+        "| plain fd (`Ring::read` of a `LentRegion`, `types::Fd`) | {:.0} | {:.0} | 1.000 |",
         plain.ops_per_sec(),
         plain.cpu_ns_per_op()
     );

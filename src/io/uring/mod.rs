@@ -29,6 +29,55 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! Registered files and cancel-then-close: a worker registers a loan once, reads
+//! through the fixed slot, and the owner cancels the read still waiting before it
+//! closes (the README's example):
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use fdlend::io::uring::{cancel_then_close, Ring};
+//! use fdlend::Lender;
+//! use nix::errno::Errno;
+//! use std::io::{Error, Write};
+//! use std::sync::mpsc;
+//!
+//! let (read_end, write_end) = nix::unistd::pipe()?;
+//! std::fs::File::from(write_end.try_clone()?).write_all(b"hello")?;
+//! let lender = Lender::try_from(read_end)?;
+//! let loan = lender.loan()?;
+//! let (waiting, is_waiting) = mpsc::channel();
+//! let worker = std::thread::spawn(move || -> std::io::Result<_> {
+//!     let mut ring = Ring::new(8)?;
+//!     let file = ring.register(loan).map_err(|e| Error::other(e.to_string()))?; // once
+//!     let mut reads = Vec::new();
+//!     for _ in 0..2 {
+//!         // Many ops on the slot: the kernel skips the per-op file lookup.
+//!         let read = ring.read_fixed(&file, 0, vec![0; 64]);
+//!         reads.push(read.map_err(|e| Error::other(e.to_string()))?);
+//!     }
+//!     ring.submit()?;
+//!     waiting.send(()).unwrap();
+//!     while ring.in_flight() > 0 {
+//!         ring.submit_and_wait(1)?; // the cancel's nudge wakes this
+//!         ring.reap(|_not_ours| {});
+//!     }
+//!     ring.release(file); // unregistered once its ops are reaped; the loan returns
+//!     Ok(reads.into_iter().map(|op| op.finish().expect("reaped")).collect::<Vec<_>>())
+//! });
+//! is_waiting.recv()?;
+//! // One read got "hello"; the other waits for data that never comes.
+//! let (_cancelled, closed) = cancel_then_close(lender).expect("no Ring on this thread");
+//! closed?; // the fd is closed: nothing lent, nothing registered
+//! let mut results: Vec<_> = worker.join().unwrap()?.into_iter().map(|done| {
+//!     done.result.map(|n| done.buf[..n].to_vec())
+//! }).collect();
+//! results.sort_by_key(Result::is_err);
+//! assert_eq!(results, [Ok(b"hello".to_vec()), Err(Errno::ECANCELED)]);
+//! drop(write_end);
+//! # Ok(())
+//! # }
+//! ```
 
 mod cancel;
 mod cancel_sends;
