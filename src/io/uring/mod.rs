@@ -85,6 +85,7 @@ mod error;
 mod fixed;
 mod fixed_ops;
 mod handoff;
+mod inbox;
 mod ops;
 mod ring;
 mod table;

@@ -2,9 +2,9 @@
 //! op ids sound: every CQE the table records was reaped here, from the ring its ops
 //! were pushed to, exactly once, so no completion can reach another table's op.
 
-use super::cancel::Mailbox;
 use super::fixed::FixedTable;
 use super::handoff::is_handoff;
+use super::inbox::Mailbox;
 use super::ops::QueueFull;
 use super::table::{is_tagged, Key, OpTable};
 use io_uring::{cqueue, squeue, IoUring};
