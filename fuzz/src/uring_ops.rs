@@ -12,6 +12,7 @@
 
 use arbitrary::Arbitrary;
 
+mod source;
 mod world;
 
 pub use world::World;

@@ -1,76 +1,17 @@
 //! The real ring, files and handles of one `uring_ops` input, and the checks.
 
+use super::source::{file_byte, stream_byte, Source, FILE_LEN, PIPE_ROOM};
 use super::{Op, Target};
-use fdlend::io::uring::{FixedFile, FixedReadOp, ReadOp, Ring};
+use fdlend::io::uring::{FixedReadOp, ReadOp, Ring};
 use fdlend::io::LentRegion;
-use fdlend::{Closing, Lender};
+use fdlend::Closing;
 use nix::errno::Errno;
-use std::fs::File;
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-const FILE_LEN: usize = 16 * 1024;
-/// Bytes a pipe may hold unread before `Write` refuses (under its 64 KiB capacity).
-const PIPE_ROOM: u64 = 32 * 1024;
 /// Rings dropped with ops in flight per process: each leaks a lender's fd.
 const LEAK_BUDGET: usize = 16;
 static LEAKS: AtomicUsize = AtomicUsize::new(0);
-
-fn file_byte(i: usize) -> u8 {
-    (i.wrapping_mul(31) ^ (i >> 7)) as u8
-}
-
-/// Pipe streams count mod 251, so a piece's bytes say whether it is contiguous.
-fn stream_byte(i: u64) -> u8 {
-    (i % 251) as u8
-}
-
-/// One target: its lender, the writer of a pipe, the fixed slot on the current ring.
-struct Source {
-    target: Target,
-    lender: Lender,
-    writer: Option<File>,
-    written: u64,
-    read: u64,
-    fixed: Option<FixedFile>,
-    /// Bytes dropped (abandoned) reads may still take; zero after a drain.
-    abandoned_len: u64,
-    /// A ring was dropped with its ops in flight: its loans leak, no exact count.
-    tainted: bool,
-}
-
-impl Source {
-    fn new(target: Target) -> Source {
-        let (lender, writer) = match target {
-            Target::File => {
-                let fd = nix::sys::memfd::memfd_create(
-                    "uring-ops",
-                    nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
-                )
-                .unwrap();
-                let mut file = File::from(fd);
-                let bytes: Vec<u8> = (0..FILE_LEN).map(file_byte).collect();
-                file.write_all(&bytes).unwrap();
-                (Lender::try_from(file).unwrap(), None)
-            }
-            Target::PipeA | Target::PipeB => {
-                let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
-                (Lender::try_from(read).unwrap(), Some(File::from(write)))
-            }
-        };
-        Source {
-            target,
-            lender,
-            writer,
-            written: 0,
-            read: 0,
-            fixed: None,
-            abandoned_len: 0,
-            tainted: false,
-        }
-    }
-}
 
 enum Handle {
     Plain(ReadOp<Vec<u8>>),
@@ -390,29 +331,9 @@ impl World {
                 "an op is not done though nothing is in flight"
             );
         }
-        // What no read took is the stream's tail: read it here, so pipes never fill.
-        // (Dropped reads took bytes the world never saw, so `read` may lag.)
+        // What no read took is the stream's tail: read it, so pipes never fill.
         for source in &mut self.sources[1..] {
-            let loan = source.lender.loan().unwrap();
-            let mut left: libc::c_int = 0;
-            // SAFETY: FIONREAD writes one int into `left`; the loan keeps the fd open.
-            let rc = unsafe { libc::ioctl(loan.as_raw_fd(), libc::FIONREAD, &mut left) };
-            assert_eq!(rc, 0);
-            let left = left as u64;
-            assert!(
-                source.read + left <= source.written,
-                "more unread than written"
-            );
-            let mut tail = vec![0; left as usize];
-            let mut got = 0;
-            while got < tail.len() {
-                got += nix::unistd::read(&loan, &mut tail[got..]).unwrap();
-            }
-            let want: Vec<u8> = (source.written - left..source.written)
-                .map(stream_byte)
-                .collect();
-            assert!(tail == want, "the pipe's tail is not the stream's end");
-            source.read = source.written;
+            source.read_tail();
         }
     }
 
