@@ -20,7 +20,7 @@ use std::sync::Arc;
 /// The ring is owned, not borrowed, so a second table for the same ring cannot be
 /// made (`with_ring` takes the `IoUring` by value):
 ///
-/// ```compile_fail
+/// ```compile_fail,E0382
 /// let uring = io_uring::IoUring::new(8).unwrap();
 /// let first = fdlend::io::uring::Ring::with_ring(uring).unwrap();
 /// let second = fdlend::io::uring::Ring::with_ring(uring).unwrap(); // moved: refused
