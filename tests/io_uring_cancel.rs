@@ -5,7 +5,7 @@
 
 mod io_common;
 
-use fdlend::io::uring::{cancel_then_close, Ring, RingOnThisThread};
+use fdlend::io::uring::{cancel_then_close, FixedOpError, Ring, RingOnThisThread};
 use fdlend::io::LentRegion;
 use fdlend::Lender;
 use nix::errno::Errno;
@@ -47,6 +47,8 @@ fn ring_thread(
                 ring.reap(|cqe| panic!("{cqe:?}"));
             }
             assert!(file.is_revoked(), "the cancel revoked the fixed slot");
+            let refused = ring.read_fixed(&file, 0, vec![0; 16]).unwrap_err();
+            assert_eq!(refused.reason, FixedOpError::Revoked);
             assert_eq!(ring.fixed_loans(), 0, "and returned its loan");
             results.extend(ops.into_iter().map(|op| op.finish().unwrap().result));
         } else {
@@ -120,12 +122,14 @@ fn cancel_then_close_cancels_64_stuck_ops_on_two_rings_and_closes_once() {
 }
 
 #[test]
-fn cancel_then_close_is_refused_on_a_thread_that_owns_a_ring() {
+fn cancel_then_close_is_refused_where_a_ring_could_not_answer() {
     let (read, _write) = nix::unistd::pipe().unwrap();
     let lender = Lender::try_from(read).unwrap();
     let ring = Ring::new(4).unwrap();
     let RingOnThisThread(lender) = cancel_then_close(lender).unwrap_err();
-    drop(ring);
+    let mut second = Ring::new(4).unwrap();
+    let RingOnThisThread(lender) = second.cancel_then_close(lender, |_| {}).unwrap_err();
+    drop((ring, second));
     let (cancelled, closed) = cancel_then_close(lender).unwrap();
     closed.unwrap();
     assert_eq!(cancelled.cancelled, 0);
