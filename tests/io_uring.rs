@@ -4,29 +4,20 @@
 
 mod io_common;
 
-use fdlend::io::uring::{Completions, QueueFull, SendRefused};
+use fdlend::io::uring::{is_ours, ForeignPushError, QueueFull, Ring, SendRefused};
 use fdlend::io::{AlignedBuf, LentRegion};
 use fdlend::Lender;
 use io_common::{identity, open_count, pattern, TempFile};
-use io_uring::{opcode, IoUring};
+use io_uring::opcode;
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 
-/// Submits, waits for at least one CQE, and feeds every one to `ops`.
-fn reap(ring: &mut IoUring, ops: &Completions) -> usize {
+/// Submits, waits for at least one CQE, and reaps them all (none foreign here).
+fn reap(ring: &mut Ring) -> usize {
     ring.submit_and_wait(1).unwrap();
-    let mut fed = 0;
-    for cqe in ring.completion() {
-        // SAFETY: reaped from the ring these ops were pushed to; fed once.
-        assert!(
-            unsafe { ops.complete(&cqe) },
-            "only our ops are on this ring"
-        );
-        fed += 1;
-    }
-    fed
+    ring.reap(|cqe| panic!("only our ops are on this ring: {cqe:?}"))
 }
 
 #[test]
@@ -44,18 +35,16 @@ fn two_threads_each_read_regions_through_their_own_ring() {
                 .collect();
             let bytes = Arc::clone(&bytes);
             std::thread::spawn(move || {
-                let mut ring = IoUring::new(16).unwrap();
-                let ops = Completions::new();
+                let mut ring = Ring::new(16).unwrap();
                 let pending: Vec<_> = regions
                     .into_iter()
                     .map(|region| {
                         let len = region.len() as usize;
-                        ops.read(&mut ring.submission(), region, vec![0u8; len])
-                            .unwrap()
+                        ring.read(region, vec![0u8; len]).unwrap()
                     })
                     .collect();
-                while ops.in_flight() > 0 {
-                    reap(&mut ring, &ops);
+                while ring.in_flight() > 0 {
+                    reap(&mut ring);
                 }
                 for op in pending {
                     let done = op.finish().unwrap();
@@ -85,17 +74,12 @@ fn an_o_direct_region_reads_into_an_aligned_buffer() {
         return;
     };
     let lender = Lender::try_from(direct).unwrap();
-    let mut ring = IoUring::new(4).unwrap();
-    let ops = Completions::new();
+    let mut ring = Ring::new(4).unwrap();
     let region = LentRegion::new(lender.loan().unwrap(), 8192, 32 * 1024).unwrap();
-    let op = ops
-        .read(
-            &mut ring.submission(),
-            region,
-            AlignedBuf::new(32 * 1024, 4096).unwrap(),
-        )
+    let op = ring
+        .read(region, AlignedBuf::new(32 * 1024, 4096).unwrap())
         .unwrap();
-    reap(&mut ring, &ops);
+    reap(&mut ring);
     let done = op.finish().unwrap();
     assert_eq!(done.result, Ok(32 * 1024));
     assert!(done.buf[..] == bytes[8192..8192 + 32 * 1024]);
@@ -109,12 +93,9 @@ fn a_dropped_op_keeps_the_file_open_until_its_completion_is_fed() {
     let opened = file.open();
     let id = identity(&opened);
     let lender = Lender::try_from(opened).unwrap();
-    let mut ring = IoUring::new(4).unwrap();
-    let ops = Completions::new();
+    let mut ring = Ring::new(4).unwrap();
     let region = LentRegion::new(lender.loan().unwrap(), 0, 4096).unwrap();
-    let op = ops
-        .read(&mut ring.submission(), region, vec![0; 4096])
-        .unwrap();
+    let op = ring.read(region, vec![0; 4096]).unwrap();
     drop(op);
     assert_eq!(
         lender.outstanding(),
@@ -130,18 +111,15 @@ fn a_dropped_op_keeps_the_file_open_until_its_completion_is_fed() {
         "not closed while the CQE is unfed"
     );
     assert_eq!(open_count(id), 1);
-    assert_eq!(ops.in_flight(), 1);
+    assert_eq!(ring.in_flight(), 1);
 
-    let cqes: Vec<_> = ring.completion().collect();
-    assert_eq!(cqes.len(), 1);
-    // SAFETY: reaped from this ring, fed once.
-    assert!(unsafe { ops.complete(&cqes[0]) });
+    assert_eq!(ring.reap(|_| panic!("no foreign ops")), 1);
     assert!(
         matches!(closing.result(), Some(Ok(()))),
         "the fed CQE returned the last loan, which closed"
     );
     assert_eq!(open_count(id), 0);
-    assert_eq!(ops.in_flight(), 0);
+    assert_eq!(ring.in_flight(), 0);
 }
 
 #[test]
@@ -157,29 +135,19 @@ fn close_wait_returns_only_after_every_completion_is_fed() {
     let ring_thread = {
         let fed = Arc::clone(&fed);
         std::thread::spawn(move || {
-            let mut ring = IoUring::new(8).unwrap();
-            let ops = Completions::new();
+            let mut ring = Ring::new(8).unwrap();
             for region in regions.iter().take(3) {
                 // Dropped at once: only the table keeps the region now.
-                drop(
-                    ops.read(&mut ring.submission(), region, vec![0; 4096])
-                        .unwrap(),
-                );
+                drop(ring.read(region, vec![0; 4096]).unwrap());
             }
             pushed.send(()).unwrap();
             start.recv().unwrap();
-            let mut cqes = Vec::new();
-            while cqes.len() < 3 {
-                ring.submit_and_wait(3 - cqes.len()).unwrap();
-                cqes.extend(ring.completion());
-            }
-            // SeqCst: ordered before the feeds below, which return the loans that
+            // The kernel completes all three; their CQEs wait in the queue unreaped.
+            ring.submit_and_wait(3).unwrap();
+            // SeqCst: ordered before the reap below, which returns the loans that
             // close_wait waits for.
             fed.store(true, Ordering::SeqCst);
-            for cqe in &cqes {
-                // SAFETY: reaped from this ring, fed once.
-                assert!(unsafe { ops.complete(cqe) });
-            }
+            assert_eq!(ring.reap(|_| panic!("no foreign ops")), 3);
         })
     };
     for offset in [0, 1000, 4096] {
@@ -212,17 +180,14 @@ fn send_ops_splice_a_region_to_a_socket_chunk_by_chunk() {
         client.read_to_end(&mut all).unwrap();
         all
     });
-    let mut ring = IoUring::new(8).unwrap();
-    let ops = Completions::new();
+    let mut ring = Ring::new(8).unwrap();
     let mut rest =
         Some(LentRegion::new(lender.loan().unwrap(), 5, bytes.len() as u64 - 5).unwrap());
     let mut rounds = 0;
     while let Some(region) = rest {
-        let op = ops
-            .send(&mut ring.submission(), region, Arc::clone(&server))
-            .unwrap();
+        let op = ring.send(region, Arc::clone(&server)).unwrap();
         while !op.is_done() {
-            reap(&mut ring, &ops);
+            reap(&mut ring);
         }
         let done = op.finish().unwrap();
         assert!(done.sent.unwrap() > 0);
@@ -242,12 +207,11 @@ fn a_send_past_end_of_file_reports_the_short_fill_and_returns_the_region() {
     let file = TempFile::with(&bytes);
     let lender = Lender::try_from(file.open()).unwrap();
     let (read, write) = nix::unistd::pipe().unwrap();
-    let mut ring = IoUring::new(8).unwrap();
-    let ops = Completions::new();
+    let mut ring = Ring::new(8).unwrap();
     let region = LentRegion::new(lender.loan().unwrap(), 900, 500).unwrap();
-    let op = ops.send(&mut ring.submission(), region, write).unwrap();
+    let op = ring.send(region, write).unwrap();
     while !op.is_done() {
-        reap(&mut ring, &ops);
+        reap(&mut ring);
     }
     let done = op.finish().unwrap();
     assert_eq!(done.filled, Ok(100));
@@ -266,29 +230,33 @@ fn a_send_past_end_of_file_reports_the_short_fill_and_returns_the_region() {
 fn foreign_completions_are_left_to_the_caller_and_full_queues_hand_everything_back() {
     let file = TempFile::with(&pattern(4096));
     let lender = Lender::try_from(file.open()).unwrap();
-    let mut ring = IoUring::new(2).unwrap();
-    let ops = Completions::new();
+    let mut ring = Ring::new(2).unwrap();
     let nop = opcode::Nop::new().build().user_data(42);
     // SAFETY: a NOP touches no memory.
-    unsafe { ring.submission().push(&nop).unwrap() };
+    unsafe { ring.push_foreign(&nop).unwrap() };
+    let tagged = opcode::Nop::new()
+        .build()
+        .user_data(fdlend::io::uring::USER_DATA_TAG << 48 | 7);
+    assert_eq!(
+        // SAFETY: a NOP touches no memory.
+        unsafe { ring.push_foreign(&tagged) },
+        Err(ForeignPushError::TaggedUserData(tagged.get_user_data())),
+        "a foreign SQE may not pose as one of ours"
+    );
     ring.submit_and_wait(1).unwrap();
-    let cqe = ring.completion().next().unwrap();
-    assert!(!Completions::is_ours(cqe.user_data()));
-    // SAFETY: reaped from this ring, fed once.
-    assert!(!unsafe { ops.complete(&cqe) }, "not ours");
+    let mut foreign = Vec::new();
+    assert_eq!(ring.reap(|cqe| foreign.push(cqe.user_data())), 0);
+    assert_eq!(foreign, [42], "left to the caller");
+    assert!(!is_ours(42));
 
     let (_read, write) = nix::unistd::pipe().unwrap();
     let first = LentRegion::new(lender.loan().unwrap(), 0, 100).unwrap();
-    let send = ops.send(&mut ring.submission(), first, write).unwrap();
+    let send = ring.send(first, write).unwrap();
     let second = LentRegion::new(lender.loan().unwrap(), 0, 100).unwrap();
-    let QueueFull((second, buf)) = ops
-        .read(&mut ring.submission(), second, vec![0; 100])
-        .unwrap_err();
+    let QueueFull((second, buf)) = ring.read(second, vec![0; 100]).unwrap_err();
     assert_eq!((second.offset(), buf.len()), (0, 100));
     let (_read2, write2) = nix::unistd::pipe().unwrap();
-    let refused = ops
-        .send(&mut ring.submission(), second, write2)
-        .unwrap_err();
+    let refused = ring.send(second, write2).unwrap_err();
     assert!(
         matches!(refused, SendRefused::QueueFull { .. }),
         "{refused}"
@@ -296,7 +264,7 @@ fn foreign_completions_are_left_to_the_caller_and_full_queues_hand_everything_ba
     drop(refused);
     assert_eq!(lender.outstanding(), 1, "only the pushed send holds a loan");
     while !send.is_done() {
-        reap(&mut ring, &ops);
+        reap(&mut ring);
     }
     drop(send);
     assert_eq!(lender.outstanding(), 0);
@@ -304,27 +272,25 @@ fn foreign_completions_are_left_to_the_caller_and_full_queues_hand_everything_ba
 }
 
 #[test]
-fn a_table_dropped_with_ops_in_flight_leaks_rather_than_frees() {
-    let file = TempFile::with(&pattern(4096));
-    let lender = Lender::try_from(file.open()).unwrap();
-    let mut ring = IoUring::new(2).unwrap();
-    let ops = Completions::new();
-    let op = ops
+fn a_ring_dropped_with_ops_in_flight_leaks_rather_than_frees() {
+    // A pipe that never gets data: the read is still in flight when the ring goes.
+    let (read, _write) = nix::unistd::pipe().unwrap();
+    let lender = Lender::try_from(read).unwrap();
+    let mut ring = Ring::new(2).unwrap();
+    let op = ring
         .read(
-            &mut ring.submission(),
             LentRegion::new(lender.loan().unwrap(), 0, 10).unwrap(),
             vec![0; 10],
         )
         .unwrap();
     ring.submit().unwrap();
-    drop((op, ops));
+    drop((op, ring));
     assert_eq!(
         lender.outstanding(),
         1,
         "the loan is leaked with the buffer the kernel may write"
     );
     let lender = lender.try_close().unwrap_err();
-    drop(ring);
     // Deferred close: never happens for a leaked loan; the fd is the price of safety.
     drop(lender);
 }

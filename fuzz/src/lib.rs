@@ -13,6 +13,7 @@ use arbitrary::Arbitrary;
 mod close;
 mod model;
 pub mod regions;
+pub mod uring_ops;
 mod world;
 
 pub use world::World;

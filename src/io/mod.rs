@@ -17,7 +17,7 @@
 //!   reuses one pipe per thread ([`release_thread_pipe`]) and, when none can be
 //!   made, the copy path serves. O_DIRECT ranges send their aligned middle with
 //!   sendfile/splice and copy only the ragged edges.
-//! - io_uring: [`uring::Completions`] turns a caller's ring into ops that own the
+//! - io_uring: [`uring::Ring`] turns a caller's ring into ops that own the
 //!   region and buffer until their completion is reaped.
 //!
 //! ```

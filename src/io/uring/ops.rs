@@ -1,12 +1,12 @@
 //! The ops: a region read into an owned buffer, and a region spliced to a socket or
 //! pipe through a private pipe. Each parks what the kernel touches in the table.
 
-use super::{Completions, Key, Table};
+use super::ring::Ring;
+use super::table::{Key, OpTable};
 use crate::io::aligned::AlignedBuf;
 use crate::io::region::LentRegion;
-use io_uring::{opcode, squeue, types, SubmissionQueue};
+use io_uring::{opcode, squeue, types};
 use nix::errno::Errno;
-use std::any::Any;
 use std::cell::RefCell;
 use std::fmt;
 use std::marker::PhantomData;
@@ -14,7 +14,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::rc::Rc;
 
 /// A default pipe's capacity, in pages: the most one send op moves.
-const PIPE_PAGES: u64 = 16;
+pub(crate) const PIPE_PAGES: u64 = 16;
 
 mod sealed {
     pub trait Sealed {}
@@ -73,62 +73,34 @@ impl<T> fmt::Display for QueueFull<T> {
 
 impl<T: fmt::Debug> std::error::Error for QueueFull<T> {}
 
-fn page_size() -> u64 {
+pub(crate) fn page_size() -> u64 {
     // SAFETY: sysconf reads a constant of the running system; no memory is passed.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     u64::try_from(size).unwrap_or(4096)
 }
 
-/// Pushes `entries` as one op that owns `resources`, or hands `resources` back.
-fn push<R: 'static>(
-    ops: &Completions,
-    sq: &mut SubmissionQueue<'_>,
-    resources: R,
-    entries: impl FnOnce(&mut R) -> Vec<squeue::Entry>,
-) -> Result<Key, QueueFull<R>> {
-    let mut table = ops.table().borrow_mut();
-    let mut boxed: Box<dyn Any> = Box::new(resources);
-    // The entries point into the boxed resources, where they stay until the last CQE.
-    let built = entries(boxed.downcast_mut::<R>().expect("just boxed"));
-    if sq.capacity() - sq.len() < built.len() {
-        let back = boxed.downcast::<R>().expect("just boxed");
-        return Err(QueueFull(*back));
-    }
-    let key = table.insert(boxed, built.len() as u8);
-    for (stage, entry) in built.into_iter().enumerate() {
-        let entry = entry.user_data(table.user_data(key, stage as u64));
-        // SAFETY: every buffer and fd the entry names is owned by the resources now
-        // parked in the table under `key`, which keeps them until this entry's CQE
-        // is fed to `Completions::complete` (or leaks them if the table dies first);
-        // see SAFETY.md, "Region I/O and io_uring".
-        let pushed = unsafe { sq.push(&entry) };
-        // Room for every entry was checked above, under the same `&mut` borrow.
-        assert!(
-            pushed.is_ok() || stage > 0,
-            "fdlend: the submission queue shrank"
-        );
-        if pushed.is_err() {
-            let resources = table.cancel_unsubmitted(key);
-            return Err(QueueFull(*resources.downcast::<R>().expect("same type")));
-        }
-    }
-    Ok(key)
-}
-
-/// Handle of one op in a [`Completions`] table. Dropping it early parks the op's
-/// resources until its completion is fed.
-struct Handle<R> {
-    table: Rc<RefCell<Table>>,
+/// Handle of one op in a [`Ring`]'s table. Dropping it early parks the op's
+/// resources until its last CQE is reaped.
+pub(crate) struct Handle<R> {
+    table: Rc<RefCell<OpTable>>,
     key: Key,
     _resources: PhantomData<R>,
 }
 
 impl<R: 'static> Handle<R> {
-    fn is_done(&self) -> bool {
+    pub(crate) fn new(ring: &Ring, key: Key) -> Handle<R> {
+        Handle {
+            table: Rc::clone(&ring.ops),
+            key,
+            _resources: PhantomData,
+        }
+    }
+
+    pub(crate) fn is_done(&self) -> bool {
         self.table.borrow_mut().is_done(self.key)
     }
 
-    fn take(&self) -> Option<(R, [i32; 2])> {
+    pub(crate) fn take(&self) -> Option<(R, [i32; 2])> {
         let (resources, results) = self.table.borrow_mut().take_done(self.key)?;
         Some((
             *resources.downcast::<R>().expect("the op's own resources"),
@@ -140,15 +112,25 @@ impl<R: 'static> Handle<R> {
 impl<R> Drop for Handle<R> {
     fn drop(&mut self) {
         let freed = self.table.borrow_mut().abandon(self.key);
+        // Outside the borrow: the resources may hold user code (a destination's Drop).
         drop(freed);
     }
 }
 
-fn result(raw: i32) -> Result<usize, Errno> {
-    usize::try_from(raw).map_err(|_| Errno::from_raw(-raw))
+/// `ERESTARTSYS` and its kin (512..=516): kernel-internal codes that reach a CQE
+/// when a cancel interrupts an op blocked in an io-wq worker (seen on 6.18 for a
+/// splice into a full socket).
+const KERNEL_RESTART: std::ops::RangeInclusive<i32> = 512..=516;
+
+/// A CQE's result as bytes or errno; an interrupted op reports `ECANCELED`.
+pub(crate) fn result(raw: i32) -> Result<usize, Errno> {
+    usize::try_from(raw).map_err(|_| match -raw {
+        errno if KERNEL_RESTART.contains(&errno) => Errno::ECANCELED,
+        errno => Errno::from_raw(errno),
+    })
 }
 
-/// A read of a region into an owned buffer, in flight. See [`Completions::read`].
+/// A read of a region into an owned buffer, in flight. See [`Ring::read`].
 pub struct ReadOp<B: OwnedBuf> {
     handle: Handle<(LentRegion, B)>,
 }
@@ -165,12 +147,12 @@ pub struct ReadDone<B> {
 }
 
 impl<B: OwnedBuf> ReadOp<B> {
-    /// True once its completion has been fed.
+    /// True once its CQE has been reaped.
     pub fn is_done(&self) -> bool {
         self.handle.is_done()
     }
 
-    /// The result, once the completion has been fed; the op back otherwise.
+    /// The result, once the CQE has been reaped; the op back otherwise.
     pub fn finish(self) -> Result<ReadDone<B>, ReadOp<B>> {
         match self.handle.take() {
             Some(((region, buf), results)) => Ok(ReadDone {
@@ -192,7 +174,7 @@ impl<B: OwnedBuf> fmt::Debug for ReadOp<B> {
 }
 
 /// A splice of (the start of) a region to a socket or pipe, in flight. See
-/// [`Completions::send`].
+/// [`Ring::send`].
 pub struct SendOp<O: AsFd + 'static> {
     handle: Handle<(LentRegion, O, OwnedFd, OwnedFd)>,
 }
@@ -212,12 +194,12 @@ pub struct SendDone<O> {
 }
 
 impl<O: AsFd + 'static> SendOp<O> {
-    /// True once both of its completions have been fed.
+    /// True once both of its CQEs have been reaped.
     pub fn is_done(&self) -> bool {
         self.handle.is_done()
     }
 
-    /// The result, once both completions have been fed; the op back otherwise.
+    /// The result, once both CQEs have been reaped; the op back otherwise.
     pub fn finish(self) -> Result<SendDone<O>, SendOp<O>> {
         match self.handle.take() {
             Some(((region, out, _read, _write), results)) => {
@@ -246,17 +228,16 @@ impl<O: AsFd + 'static> fmt::Debug for SendOp<O> {
     }
 }
 
-impl Completions {
+impl Ring {
     /// Pushes a read of the region's first `min(buf.len(), region.len(), 4 GiB - 1)`
-    /// bytes into `buf` onto `sq` (submit it yourself). The op owns `region` and
-    /// `buf` until its completion is fed, even if the handle is dropped.
+    /// bytes into `buf` (submit it yourself). The op owns `region` and `buf` until
+    /// its CQE is reaped, even if the handle is dropped.
     pub fn read<B: OwnedBuf>(
-        &self,
-        sq: &mut SubmissionQueue<'_>,
+        &mut self,
         region: LentRegion,
         buf: B,
     ) -> Result<ReadOp<B>, QueueFull<(LentRegion, B)>> {
-        let key = push(self, sq, (region, buf), |(region, buf)| {
+        let key = self.push((region, buf), None, |(region, buf)| {
             let len = (buf.bytes_len() as u64)
                 .min(region.len())
                 .min(u64::from(u32::MAX)) as u32;
@@ -266,21 +247,16 @@ impl Completions {
                 .build()]
         })?;
         Ok(ReadOp {
-            handle: Handle {
-                table: Rc::clone(self.table()),
-                key,
-                _resources: PhantomData,
-            },
+            handle: Handle::new(self, key),
         })
     }
 
     /// Pushes a send of the region's first 64 KiB (less a page's worth for an
     /// unaligned start, or less at its end) to `out`: two linked
     /// splices, file → a private pipe → `out`. The op owns `region`, `out` and the
-    /// pipe until both completions are fed; [`SendDone::rest`] is what to push next.
+    /// pipe until both CQEs are reaped; [`SendDone::rest`] is what to push next.
     pub fn send<O: AsFd + 'static>(
-        &self,
-        sq: &mut SubmissionQueue<'_>,
+        &mut self,
         region: LentRegion,
         out: O,
     ) -> Result<SendOp<O>, SendRefused<O>> {
@@ -288,41 +264,39 @@ impl Completions {
             Ok(pipe) => pipe,
             Err(errno) => return Err(SendRefused::Pipe { errno, region, out }),
         };
-        let key = push(
-            self,
-            sq,
-            (region, out, pipe_read, pipe_write),
-            |(region, out, pipe_read, pipe_write)| {
-                // A pipe holds 16 page fragments: an unaligned start takes one page
-                // fewer bytes, or the fill comes up short and breaks the link.
-                let page = page_size();
-                let len = region.len().min(PIPE_PAGES * page - region.offset() % page) as u32;
-                let (file, pipe_in) = (
-                    types::Fd(region.as_raw_fd()),
-                    types::Fd(pipe_write.as_raw_fd()),
-                );
-                let (pipe_out, dest) = (
-                    types::Fd(pipe_read.as_raw_fd()),
-                    types::Fd(out.as_fd().as_raw_fd()),
-                );
-                let fill =
-                    opcode::Splice::new(file, region.offset() as i64, pipe_in, -1, len).build();
-                let drain = opcode::Splice::new(pipe_out, -1, dest, -1, len).build();
-                vec![fill.flags(squeue::Flags::IO_LINK), drain]
-            },
-        )
-        .map_err(|QueueFull((region, out, ..))| SendRefused::QueueFull { region, out })?;
+        let file_fd = region.as_raw_fd();
+        let key = self
+            .push(
+                (region, out, pipe_read, pipe_write),
+                None,
+                |(region, out, pipe_read, pipe_write)| {
+                    // A pipe holds 16 page fragments: an unaligned start takes one page
+                    // fewer bytes, or the fill comes up short and breaks the link.
+                    let page = page_size();
+                    let len = region.len().min(PIPE_PAGES * page - region.offset() % page) as u32;
+                    let (file, pipe_in) = (
+                        types::Fd(region.as_raw_fd()),
+                        types::Fd(pipe_write.as_raw_fd()),
+                    );
+                    let (pipe_out, dest) = (
+                        types::Fd(pipe_read.as_raw_fd()),
+                        types::Fd(out.as_fd().as_raw_fd()),
+                    );
+                    let fill =
+                        opcode::Splice::new(file, region.offset() as i64, pipe_in, -1, len).build();
+                    let drain = opcode::Splice::new(pipe_out, -1, dest, -1, len).build();
+                    vec![fill.flags(squeue::Flags::IO_LINK), drain]
+                },
+            )
+            .map_err(|QueueFull((region, out, ..))| SendRefused::QueueFull { region, out })?;
+        self.ops.borrow_mut().mark_send(key, file_fd);
         Ok(SendOp {
-            handle: Handle {
-                table: Rc::clone(self.table()),
-                key,
-                _resources: PhantomData,
-            },
+            handle: Handle::new(self, key),
         })
     }
 }
 
-/// Why [`Completions::send`] pushed nothing; the region and destination come back.
+/// Why [`Ring::send`] pushed nothing; the region and destination come back.
 #[derive(Debug)]
 pub enum SendRefused<O> {
     /// The submission queue had no room for two entries.

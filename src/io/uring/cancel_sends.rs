@@ -1,0 +1,104 @@
+//! Cancel-then-close for send ops. A send's splices name its private pipe and the
+//! destination, never the lent file, so no cancel by fd matches them: each is
+//! cancelled by id. A cancel by id can miss a send between its two linked splices
+//! (the second is not queued yet), so the ring keeps chasing: while sends of a
+//! cancelled file are in flight, a 5 ms timeout op of its own wakes it to cancel
+//! them again.
+
+use super::cancel::CancelRequest;
+use super::ops::Handle;
+use super::ring::Ring;
+use io_uring::{opcode, types};
+use std::os::fd::RawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often a ring retries cancelling sends it missed.
+const RETRY: Duration = Duration::from_millis(5);
+
+/// A ring's sends being cancelled.
+#[derive(Default)]
+pub(crate) struct SendChase {
+    /// Cancels by id in flight, and the request to credit.
+    cancels: Vec<(Option<Arc<CancelRequest>>, Handle<()>)>,
+    /// Files whose sends are cancelled until none is left.
+    files: Vec<RawFd>,
+    timer: Option<Handle<Box<types::Timespec>>>,
+}
+
+impl SendChase {
+    pub(crate) fn in_flight(&self) -> usize {
+        let timer = self.timer.as_ref().is_some_and(|op| !op.is_done());
+        usize::from(timer) + self.cancels.iter().filter(|(_, op)| !op.is_done()).count()
+    }
+}
+
+impl Ring {
+    /// Pushes a cancel by id for both stages of every in-flight send of `fd`'s
+    /// file (best effort: a full queue leaves them to the next retry).
+    pub(crate) fn cancel_sends(&mut self, fd: RawFd, request: Option<&Arc<CancelRequest>>) {
+        let sends = self.ops.borrow().sends_of(fd);
+        if sends.is_empty() {
+            return;
+        }
+        for data in sends {
+            let by_id = types::CancelBuilder::user_data(data);
+            let pushed = self.push((), None, |_| vec![opcode::AsyncCancel2::new(by_id).build()]);
+            if let Ok(key) = pushed {
+                let handle = Handle::new(self, key);
+                self.mailbox.sends.cancels.push((request.cloned(), handle));
+            }
+        }
+        if !self.mailbox.sends.files.contains(&fd) {
+            self.mailbox.sends.files.push(fd);
+        }
+    }
+
+    /// Credits finished cancels, and while sends of cancelled files are still in
+    /// flight, cancels them again on each tick of a timeout op.
+    pub(crate) fn chase_sends(&mut self) {
+        self.mailbox
+            .sends
+            .cancels
+            .retain(|(request, op)| match op.take() {
+                Some(((), results)) => {
+                    // EALREADY: it ran in an io-wq worker, which was interrupted.
+                    let ended = results[0] >= 0 || results[0] == -libc::EALREADY;
+                    if let Some(request) = request {
+                        request.add_cancelled(usize::from(ended));
+                    }
+                    false
+                }
+                None => true,
+            });
+        let files = std::mem::take(&mut self.mailbox.sends.files);
+        let left: Vec<RawFd> = files
+            .into_iter()
+            .filter(|&fd| !self.ops.borrow().sends_of(fd).is_empty())
+            .collect();
+        let ticked = match &self.mailbox.sends.timer {
+            Some(timer) => timer.is_done(),
+            None => true,
+        };
+        if !ticked {
+            self.mailbox.sends.files = left;
+            return;
+        }
+        drop(self.mailbox.sends.timer.take());
+        if left.is_empty() {
+            return;
+        }
+        for &fd in &left {
+            self.cancel_sends(fd, None);
+        }
+        self.mailbox.sends.files = left;
+        let tick = Box::new(types::Timespec::from(RETRY));
+        let pushed = self.push(tick, None, |tick| {
+            vec![opcode::Timeout::new(&**tick as *const types::Timespec).build()]
+        });
+        if let Ok(key) = pushed {
+            self.mailbox.sends.timer = Some(Handle::new(self, key));
+        }
+        let _ = self.uring.submit();
+    }
+}

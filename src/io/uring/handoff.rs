@@ -1,0 +1,234 @@
+//! Cross-ring hand-off without an fd: the owner's ring installs a registered file
+//! into another thread's ring's fixed-file table with `IORING_OP_MSG_RING`
+//! (`IORING_MSG_SEND_FD`, Linux 6.0+).
+//!
+//! 1. The target ring reserves a slot: [`Ring::open_mailslot`] returns a
+//!    [`Mailslot`] (`Send`: give it to the owner's thread) and a [`FixedFile`] that
+//!    refuses ops (`NotInstalled`) until the file arrives.
+//! 2. The owner's ring sends a registered file there: [`Ring::hand_off`] clones
+//!    the slot's loan into the mailslot, then pushes the `MSG_RING`.
+//! 3. The kernel installs the file in the target's slot and posts a CQE tagged
+//!    `0xfd1f` there; the target's `reap` moves the loan into the slot, which from
+//!    then on is the target's like any registered file: counted as a loan until the
+//!    target releases it.
+//!
+//! The mailslot holds a dup of the target's ring fd, so the `MSG_RING` can never
+//! reach another ring that reused the number.
+
+use super::error::FixedOpError;
+use super::fixed::{Entry, FixedFile};
+use super::ops::{result, Handle};
+use super::ring::Ring;
+use crate::Loan;
+use io_uring::{opcode, types};
+use nix::errno::Errno;
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+
+/// The top 16 bits of the `user_data` of a hand-off's CQE on the target ring.
+pub const HANDOFF_TAG: u64 = 0xfd1f;
+
+/// True when `user_data` is a hand-off's CQE.
+pub(crate) fn is_handoff(user_data: u64) -> bool {
+    user_data >> 48 == HANDOFF_TAG
+}
+
+/// What the two rings share about one reserved slot.
+pub(crate) struct Handoff {
+    target: Arc<OwnedFd>,
+    slot: u32,
+    state: Mutex<Sending>,
+}
+
+#[derive(Default)]
+struct Sending {
+    /// The loan on its way, set before the `MSG_RING` is pushed.
+    loan: Option<Loan>,
+    /// A `MSG_RING` was pushed and has not failed: a file may arrive.
+    pushed: bool,
+}
+
+impl Handoff {
+    /// True when no file can arrive any more: no mailslot or op holds this, and
+    /// no send is under way.
+    pub(crate) fn abandoned(self: &Arc<Self>) -> bool {
+        Arc::strong_count(self) == 1 && !self.lock().pushed
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Sending> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Where another ring can send a registered file: `Send`, give it to the owner's
+/// thread. Dropping it unused frees the target's reserved slot.
+pub struct Mailslot {
+    handoff: Arc<Handoff>,
+}
+
+impl fmt::Debug for Mailslot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mailslot")
+            .field("ring", &self.handoff.target.as_raw_fd())
+            .field("slot", &self.handoff.slot)
+            .finish()
+    }
+}
+
+/// A hand-off in flight on the owner's ring. See [`Ring::hand_off`].
+pub struct HandOffOp {
+    handle: Handle<Arc<Handoff>>,
+}
+
+impl HandOffOp {
+    /// True once the `MSG_RING`'s CQE has been reaped.
+    pub fn is_done(&self) -> bool {
+        self.handle.is_done()
+    }
+
+    /// `Ok(Ok(()))` once the file is installed in the target's slot; `Ok(Err)` with
+    /// the errno and the mailslot (to retry) if the kernel refused; the op back
+    /// while its CQE is not reaped.
+    pub fn finish(self) -> Result<Result<(), (Errno, Mailslot)>, HandOffOp> {
+        let Some((handoff, results)) = self.handle.take() else {
+            return Err(self);
+        };
+        Ok(match result(results[0]) {
+            Ok(_) => Ok(()),
+            Err(errno) => {
+                let loan = {
+                    let mut sending = handoff.lock();
+                    sending.pushed = false;
+                    sending.loan.take()
+                };
+                drop(loan);
+                Err((errno, Mailslot { handoff }))
+            }
+        })
+    }
+}
+
+impl fmt::Debug for HandOffOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandOffOp").finish_non_exhaustive()
+    }
+}
+
+impl Ring {
+    /// Reserves a slot of this ring's fixed-file table for a file another ring
+    /// will send. The `FixedFile` refuses ops until the file's arrival is reaped.
+    pub fn open_mailslot(&mut self) -> io::Result<(Mailslot, FixedFile)> {
+        self.settle_files();
+        if self.files.borrow().entries.is_empty() {
+            self.reserve_fixed_files(super::DEFAULT_FIXED_FILES)?;
+        }
+        let target = match &self.own_fd {
+            Some(fd) => Arc::clone(fd),
+            None => {
+                let dup = self.uring.as_raw_fd();
+                // SAFETY: the ring's fd is open for as long as `self.uring` lives,
+                // which covers this call.
+                let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(dup) };
+                let fd = Arc::new(borrowed.try_clone_to_owned()?);
+                self.own_fd = Some(Arc::clone(&fd));
+                fd
+            }
+        };
+        let mut files = self.files.borrow_mut();
+        let Some(slot) = files.free.pop() else {
+            return Err(io::Error::other(
+                "the ring's fixed-file table is full; release a FixedFile first",
+            ));
+        };
+        let handoff = Arc::new(Handoff {
+            target,
+            slot,
+            state: Mutex::new(Sending::default()),
+        });
+        files.entries[slot as usize] = Entry::Reserved {
+            handoff: Arc::clone(&handoff),
+            handle: true,
+        };
+        Ok((
+            Mailslot { handoff },
+            FixedFile {
+                files: Rc::clone(&self.files),
+                slot,
+            },
+        ))
+    }
+
+    /// Sends the registered `file` into `to`'s ring: a second loan of it travels
+    /// with the message and is held by the target's slot until the target releases
+    /// it. `file` stays registered here.
+    pub fn hand_off(
+        &mut self,
+        file: &FixedFile,
+        to: Mailslot,
+    ) -> Result<HandOffOp, (FixedOpError, Mailslot)> {
+        let loan = match self.files.borrow().loan_clone(&self.files, file) {
+            Ok(loan) => loan,
+            Err(reason) => return Err((reason, to)),
+        };
+        let handoff = to.handoff;
+        {
+            let mut sending = handoff.lock();
+            sending.loan = Some(loan);
+            sending.pushed = true;
+        }
+        let (src, dst) = (file.slot, handoff.slot);
+        let pushed = self.push(Arc::clone(&handoff), Some(src), |handoff| {
+            let dest = types::DestinationSlot::try_from_slot_target(dst).expect("a table index");
+            let ring = types::Fd(handoff.target.as_raw_fd());
+            let data = HANDOFF_TAG << 48 | u64::from(dst);
+            vec![opcode::MsgRingSendFd::new(ring, types::Fixed(src), dest, data).build()]
+        });
+        match pushed {
+            Ok(key) => {
+                self.files.borrow_mut().op_pushed(src);
+                Ok(HandOffOp {
+                    handle: Handle::new(self, key),
+                })
+            }
+            Err(_) => {
+                let loan = {
+                    let mut sending = handoff.lock();
+                    sending.pushed = false;
+                    sending.loan.take()
+                };
+                drop(loan);
+                Err((FixedOpError::QueueFull, Mailslot { handoff }))
+            }
+        }
+    }
+
+    /// The target side of a hand-off CQE: the file is in the slot; its loan moves
+    /// from the mailslot into the table.
+    pub(crate) fn installed(&mut self, user_data: u64, result: i32) {
+        let slot = (user_data & u64::from(u32::MAX)) as u32;
+        {
+            let mut files = self.files.borrow_mut();
+            let entry = files.entries.get_mut(slot as usize);
+            let Some(Entry::Reserved { handoff, handle }) = entry else {
+                panic!("fdlend: a hand-off CQE for slot {slot}, which expects none");
+            };
+            let loan = handoff.lock().loan.take();
+            let handle = *handle;
+            let (Some(loan), true) = (loan, result >= 0) else {
+                panic!("fdlend: a hand-off CQE for slot {slot} without its loan ({result})");
+            };
+            files.entries[slot as usize] = Entry::Live {
+                fd: loan.as_raw_fd(),
+                loan: Some(loan),
+                ops: 0,
+                handle,
+                registered: true,
+                revoked: false,
+            };
+            files.dirty.push(slot);
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! [`Ring`]: an `IoUring` bound to its one op table. Owning the ring is what makes
+//! op ids sound: every CQE the table records was reaped here, from the ring its ops
+//! were pushed to, exactly once, so no completion can reach another table's op.
+
+use super::fixed::FixedTable;
+use super::handoff::is_handoff;
+use super::inbox::Mailbox;
+use super::ops::QueueFull;
+use super::table::{is_tagged, Key, OpTable};
+use io_uring::{cqueue, squeue, IoUring};
+use std::cell::RefCell;
+use std::fmt;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::rc::Rc;
+use std::sync::Arc;
+
+/// An io_uring and the table of fdlend's ops on it. `!Send`: it lives on one thread.
+///
+/// The ring is owned, not borrowed, so a second table for the same ring cannot be
+/// made (`with_ring` takes the `IoUring` by value):
+///
+/// ```compile_fail,E0382
+/// let uring = io_uring::IoUring::new(8).unwrap();
+/// let first = fdlend::io::uring::Ring::with_ring(uring).unwrap();
+/// let second = fdlend::io::uring::Ring::with_ring(uring).unwrap(); // moved: refused
+/// ```
+///
+/// Ops ([`read`](Ring::read), [`send`](Ring::send), their fixed-file forms) park
+/// what the kernel touches in the table until their last CQE is reaped by
+/// [`reap`](Ring::reap). A dropped op handle leaves them parked until then. If the
+/// ring is dropped with ops in flight their resources are leaked on purpose (their
+/// loans never return, so their files never close) rather than freed under the
+/// kernel; reap until [`in_flight`](Ring::in_flight) is 0 before dropping it.
+pub struct Ring {
+    pub(crate) uring: IoUring,
+    pub(crate) ops: Rc<RefCell<OpTable>>,
+    pub(crate) files: Rc<RefCell<FixedTable>>,
+    pub(crate) mailbox: Mailbox,
+    /// A dup of the ring's fd that mailslots hold, made at the first one.
+    pub(crate) own_fd: Option<Arc<OwnedFd>>,
+    /// CQEs taken off the queue, so user callbacks run with no queue borrowed.
+    reaped: Vec<cqueue::Entry>,
+}
+
+/// [`Ring::push_foreign`] refused an entry: it carries fdlend's `user_data` tag, or
+/// the queue is full. Nothing was pushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForeignPushError {
+    /// Its `user_data` has one of fdlend's tags (`0xfd1e`, `0xfd1f`) in the top
+    /// 16 bits; pick another.
+    TaggedUserData(u64),
+    /// The submission queue is full; submit, then push again.
+    QueueFull,
+}
+
+impl fmt::Display for ForeignPushError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ForeignPushError::TaggedUserData(data) => write!(
+                f,
+                "user_data {data:#x} carries one of fdlend's tags (0xfd1e, 0xfd1f) in its top 16 bits; use another value"
+            ),
+            ForeignPushError::QueueFull => {
+                f.write_str("the io_uring submission queue is full; submit, then push again")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ForeignPushError {}
+
+impl Ring {
+    /// A new ring of `entries` SQEs (see [`IoUring::new`]).
+    pub fn new(entries: u32) -> io::Result<Ring> {
+        Ring::with_ring(IoUring::new(entries)?)
+    }
+
+    /// Takes over a ring built by the caller (with its own setup flags). From now
+    /// on it is reached only through this `Ring`, so its table is the only one.
+    /// The ring keeps one read of its own armed (the cancel inbox's eventfd, see
+    /// [`cancel_then_close`](super::cancel_then_close)); fails only if that
+    /// eventfd cannot be made.
+    pub fn with_ring(uring: IoUring) -> io::Result<Ring> {
+        let mut ring = Ring {
+            uring,
+            ops: Rc::new(RefCell::new(OpTable::default())),
+            files: Rc::new(RefCell::new(FixedTable::default())),
+            mailbox: Mailbox::new()?,
+            own_fd: None,
+            reaped: Vec::new(),
+        };
+        ring.arm_nudge();
+        Ok(ring)
+    }
+
+    /// Ops whose last CQE has not been reaped yet, including dropped ones (not
+    /// counting the ring's own inbox read and cancels).
+    pub fn in_flight(&self) -> usize {
+        let all = self.ops.borrow().in_flight();
+        all - self.mailbox.internal_in_flight()
+    }
+
+    /// Submits what was pushed; see [`io_uring::Submitter::submit`].
+    pub fn submit(&mut self) -> io::Result<usize> {
+        self.uring.submit()
+    }
+
+    /// Submits what was pushed and waits until at least `want` CQEs are in the
+    /// completion queue (not yet reaped); see [`io_uring::Submitter::submit_and_wait`].
+    pub fn submit_and_wait(&mut self, want: usize) -> io::Result<usize> {
+        self.uring.submit_and_wait(want)
+    }
+
+    /// Takes every CQE in the completion queue: fdlend's complete their ops (an
+    /// abandoned op's resources are dropped here, possibly returning a closing
+    /// file's last loan), the others go to `foreign`. Then released fixed files
+    /// whose ops are all reaped give their loans back. Returns how many were ours.
+    pub fn reap(&mut self, foreign: impl FnMut(cqueue::Entry)) -> usize {
+        let ours = self.record_completions(foreign);
+        self.settle_files();
+        self.serve_mailbox();
+        ours
+    }
+
+    /// `reap` without serving the inbox (for drop).
+    pub(crate) fn reap_quietly(&mut self) {
+        self.record_completions(drop);
+        self.settle_files();
+    }
+
+    fn record_completions(&mut self, mut foreign: impl FnMut(cqueue::Entry)) -> usize {
+        let mut reaped = std::mem::take(&mut self.reaped);
+        reaped.extend(self.uring.completion());
+        let mut ours = 0;
+        for cqe in reaped.drain(..) {
+            if is_handoff(cqe.user_data()) {
+                self.installed(cqe.user_data(), cqe.result());
+                continue;
+            }
+            if !is_tagged(cqe.user_data()) {
+                foreign(cqe);
+                continue;
+            }
+            ours += 1;
+            let recorded = self.ops.borrow_mut().record(cqe.user_data(), cqe.result());
+            if let Some(slot) = recorded.fixed_done {
+                self.files.borrow_mut().op_done(slot);
+            }
+            // Outside the borrow: dropping a loan may close the file, and dropping
+            // a user's destination runs their code, which may touch this table.
+            drop(recorded.freed);
+        }
+        self.reaped = reaped;
+        ours
+    }
+
+    /// Pushes an SQE that is not fdlend's (its CQE will go to `reap`'s `foreign`).
+    /// Refused, with nothing pushed, if its `user_data` carries one of fdlend's tags.
+    ///
+    /// Cancelling fdlend's ops this way is fine: a cancelled op still completes
+    /// (with `-ECANCELED`) and its CQE is reaped like any other.
+    ///
+    /// # Safety
+    /// - Every buffer, fd and other resource `entry` names stays valid until its CQE
+    ///   is reaped, as for [`io_uring::SubmissionQueue::push`].
+    /// - It does not close, or install over, an fd or fixed-file slot it does not
+    ///   own (`IORING_OP_CLOSE`, `IORING_OP_FILES_UPDATE`, a direct-descriptor
+    ///   open or accept into a slot): fdlend's ops and slots name those and count
+    ///   on them staying the files their loans hold.
+    /// - If it is an `IORING_OP_MSG_RING`, the CQE it posts on the target ring does
+    ///   not carry fdlend's tags (`0xfd1e`, `0xfd1f` in the top 16 bits): a ring
+    ///   takes such a CQE for the completion of one of its ops or hand-offs (and
+    ///   panics if it names none).
+    pub unsafe fn push_foreign(&mut self, entry: &squeue::Entry) -> Result<(), ForeignPushError> {
+        let data = entry.get_user_data();
+        if is_tagged(data) || is_handoff(data) {
+            return Err(ForeignPushError::TaggedUserData(data));
+        }
+        // SAFETY: the caller keeps what `entry` names valid until its CQE (above);
+        // its user_data is not tagged, so its CQE never reaches the op table.
+        unsafe { self.uring.submission().push(entry) }.map_err(|_| ForeignPushError::QueueFull)
+    }
+
+    /// Parks `resources` in the table and pushes the entries `build` makes from
+    /// them (pointing into the parked box), all or nothing. `build` runs before the
+    /// table is borrowed, so user code it calls (`as_fd`) may touch this table.
+    pub(crate) fn push<R: 'static>(
+        &mut self,
+        resources: R,
+        fixed: Option<u32>,
+        build: impl FnOnce(&mut R) -> Vec<squeue::Entry>,
+    ) -> Result<Key, QueueFull<R>> {
+        let mut boxed = Box::new(resources);
+        // The entries point into the box, whose heap address survives the moves below.
+        let built = build(&mut boxed);
+        let mut sq = self.uring.submission();
+        if sq.capacity() - sq.len() < built.len() {
+            return Err(QueueFull(*boxed));
+        }
+        let mut ops = self.ops.borrow_mut();
+        let key = ops.insert(boxed, built.len() as u8, fixed);
+        for (stage, entry) in built.into_iter().enumerate() {
+            let entry = entry.user_data(ops.user_data(key, stage as u64));
+            // SAFETY: every buffer and fd the entry names is owned by the resources
+            // now parked in the table under `key`; the table frees them only after
+            // this op's last CQE is reaped from this ring (or leaks them if it dies
+            // first). See SAFETY.md, "The io_uring contract".
+            let pushed = unsafe { sq.push(&entry) };
+            // Room for every entry was checked above under the same `&mut` borrow
+            // of the queue, which the kernel only ever empties.
+            assert!(pushed.is_ok(), "fdlend: the submission queue shrank");
+        }
+        Ok(key)
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        self.close_mailbox();
+        self.files.borrow_mut().forget_busy_loans();
+    }
+}
+
+impl fmt::Debug for Ring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ring")
+            .field("fd", &std::os::fd::AsRawFd::as_raw_fd(&self.uring))
+            .field("in_flight", &self.in_flight())
+            .finish()
+    }
+}

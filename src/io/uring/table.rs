@@ -1,0 +1,277 @@
+//! The op table of one ring: a slab of in-flight ops keyed by the `user_data` of
+//! their SQEs. Only [`Ring`](super::Ring) makes one, and a ring owns exactly one, so
+//! a CQE can only ever be recorded by the table whose ops produced it.
+
+use std::any::Any;
+use std::os::fd::RawFd;
+
+/// The top 16 bits of every `user_data` fdlend puts on an SQE.
+pub const USER_DATA_TAG: u64 = 0xfd1e;
+
+const TAG_SHIFT: u32 = 48;
+const GEN_SHIFT: u32 = 24;
+const STAGE_SHIFT: u32 = 23;
+const GEN_MASK: u64 = 0xff_ffff;
+const INDEX_MASK: u64 = (1 << STAGE_SHIFT) - 1;
+
+/// True when `user_data` carries fdlend's tag.
+pub(crate) fn is_tagged(user_data: u64) -> bool {
+    user_data >> TAG_SHIFT == USER_DATA_TAG
+}
+
+/// What an op left in the table: the resources the kernel may touch, and the
+/// results of its SQEs as their CQEs arrive.
+enum State {
+    Vacant,
+    InFlight {
+        resources: Box<dyn Any>,
+        left: u8,
+        results: [i32; 2],
+        abandoned: bool,
+        fixed: Option<u32>,
+        /// For a send: the lent file's fd, which a cancel by fd cannot match
+        /// (splices name their pipe), so a cancel-then-close cancels it by id.
+        send_of: Option<RawFd>,
+    },
+    Done {
+        resources: Box<dyn Any>,
+        results: [i32; 2],
+    },
+}
+
+struct Slot {
+    generation: u64,
+    state: State,
+}
+
+/// Where one op lives: its slot and the slot's generation when it was pushed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Key {
+    index: usize,
+    generation: u64,
+}
+
+/// What recording one CQE did.
+pub(crate) struct Recorded {
+    /// Resources of an abandoned op whose last CQE this was: drop them outside
+    /// the table's borrow.
+    pub(crate) freed: Option<Box<dyn Any>>,
+    /// The fixed-file slot the op used, once its last CQE is in.
+    pub(crate) fixed_done: Option<u32>,
+}
+
+#[derive(Default)]
+pub(crate) struct OpTable {
+    slots: Vec<Slot>,
+    free: Vec<usize>,
+    in_flight: usize,
+}
+
+impl OpTable {
+    /// Ops whose last CQE has not been recorded yet.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Parks `resources` for an op of `sqes` SQEs (using fixed-file slot `fixed`, if
+    /// any) and returns its key. The slot is one no in-flight op holds: a slot is
+    /// only freed after its op's last CQE, so no CQE can reach a later op.
+    pub(crate) fn insert(&mut self, resources: Box<dyn Any>, sqes: u8, fixed: Option<u32>) -> Key {
+        assert!(sqes == 1 || sqes == 2, "fdlend: an op has one or two SQEs");
+        let state = State::InFlight {
+            resources,
+            left: sqes,
+            results: [0; 2],
+            abandoned: false,
+            fixed,
+            send_of: None,
+        };
+        let index = match self.free.pop() {
+            Some(index) => index,
+            None => {
+                self.slots.push(Slot {
+                    generation: 0,
+                    state: State::Vacant,
+                });
+                self.slots.len() - 1
+            }
+        };
+        assert!(
+            index as u64 <= INDEX_MASK,
+            "fdlend: more than 2^23 io_uring ops in flight on one ring"
+        );
+        let slot = &mut self.slots[index];
+        debug_assert!(matches!(slot.state, State::Vacant));
+        slot.state = state;
+        self.in_flight += 1;
+        Key {
+            index,
+            generation: slot.generation,
+        }
+    }
+
+    /// Marks the op at `key` as a send of `fd`'s file.
+    pub(crate) fn mark_send(&mut self, key: Key, fd: RawFd) {
+        if let Some(State::InFlight { send_of, .. }) = self.slot(key).map(|slot| &mut slot.state) {
+            *send_of = Some(fd);
+        }
+    }
+
+    /// The `user_data` of both stages of every in-flight send of `fd`'s file.
+    pub(crate) fn sends_of(&self, fd: RawFd) -> Vec<u64> {
+        let mut data = Vec::new();
+        for (index, slot) in self.slots.iter().enumerate() {
+            if let State::InFlight {
+                send_of: Some(of), ..
+            } = slot.state
+            {
+                if of == fd {
+                    let key = Key {
+                        index,
+                        generation: slot.generation,
+                    };
+                    data.extend([self.user_data(key, 0), self.user_data(key, 1)]);
+                }
+            }
+        }
+        data
+    }
+
+    /// The `user_data` for stage `stage` (0 or 1) of the op at `key`.
+    pub(crate) fn user_data(&self, key: Key, stage: u64) -> u64 {
+        USER_DATA_TAG << TAG_SHIFT
+            | (key.generation & GEN_MASK) << GEN_SHIFT
+            | stage << STAGE_SHIFT
+            | key.index as u64
+    }
+
+    fn slot(&mut self, key: Key) -> Option<&mut Slot> {
+        self.slots
+            .get_mut(key.index)
+            .filter(|slot| slot.generation == key.generation)
+    }
+
+    /// Frees the slot (the generation moves on, so stale keys miss it).
+    fn vacate(&mut self, key: Key) -> Option<State> {
+        let slot = self.slot(key)?;
+        let state = std::mem::replace(&mut slot.state, State::Vacant);
+        slot.generation = (slot.generation + 1) & GEN_MASK;
+        self.free.push(key.index);
+        Some(state)
+    }
+
+    /// Records one tagged CQE of this table's ring.
+    ///
+    /// Panics if it names no in-flight op: the ring only carries SQEs this table
+    /// tagged (foreign pushes with our tag are refused), each CQE is recorded once,
+    /// and a slot is freed only after its last CQE, so such a CQE means a broken
+    /// invariant, and recording it anyway could hand a live buffer back.
+    pub(crate) fn record(&mut self, user_data: u64, result: i32) -> Recorded {
+        debug_assert!(is_tagged(user_data));
+        let key = Key {
+            index: (user_data & INDEX_MASK) as usize,
+            generation: (user_data >> GEN_SHIFT) & GEN_MASK,
+        };
+        let stage = ((user_data >> STAGE_SHIFT) & 1) as usize;
+        let Some(State::InFlight {
+            left,
+            results,
+            abandoned,
+            ..
+        }) = self.slot(key).map(|slot| &mut slot.state)
+        else {
+            panic!("fdlend: a CQE {user_data:#x} names no in-flight op of this ring");
+        };
+        results[stage] = result;
+        *left -= 1;
+        if *left > 0 {
+            return Recorded {
+                freed: None,
+                fixed_done: None,
+            };
+        }
+        let abandoned = *abandoned;
+        self.in_flight -= 1;
+        let slot = self.slot(key).expect("found above");
+        let State::InFlight {
+            resources,
+            results,
+            fixed,
+            ..
+        } = std::mem::replace(&mut slot.state, State::Vacant)
+        else {
+            unreachable!("matched InFlight above")
+        };
+        if abandoned {
+            self.vacate(key);
+            return Recorded {
+                freed: Some(resources),
+                fixed_done: fixed,
+            };
+        }
+        slot.state = State::Done { resources, results };
+        Recorded {
+            freed: None,
+            fixed_done: fixed,
+        }
+    }
+
+    /// The finished op's resources and results, or `None` while it is in flight.
+    pub(crate) fn take_done(&mut self, key: Key) -> Option<(Box<dyn Any>, [i32; 2])> {
+        if !self.is_done(key) {
+            return None;
+        }
+        match self.vacate(key) {
+            Some(State::Done { resources, results }) => Some((resources, results)),
+            _ => unreachable!("checked Done above"),
+        }
+    }
+
+    pub(crate) fn is_done(&mut self, key: Key) -> bool {
+        self.slot(key)
+            .is_some_and(|slot| matches!(slot.state, State::Done { .. }))
+    }
+
+    /// An op handle is gone: free a finished op now (returning its resources to drop
+    /// outside the borrow), park an unfinished one until its last CQE.
+    pub(crate) fn abandon(&mut self, key: Key) -> Option<Box<dyn Any>> {
+        let slot = self.slot(key)?;
+        match &mut slot.state {
+            State::InFlight { abandoned, .. } => {
+                *abandoned = true;
+                None
+            }
+            State::Done { .. } => match self.vacate(key) {
+                Some(State::Done { resources, .. }) => Some(resources),
+                _ => unreachable!("matched Done above"),
+            },
+            State::Vacant => None,
+        }
+    }
+}
+
+/// Addresses of resources leaked on purpose, kept reachable so leak checkers
+/// (LeakSanitizer, valgrind) see them as retained, not lost.
+static RETAINED: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+
+/// Leaks `resources` for good: the kernel may still use them.
+fn retain_forever(resources: Box<dyn Any>) {
+    let address = Box::into_raw(resources) as *mut u8 as usize;
+    RETAINED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(address);
+}
+
+impl Drop for OpTable {
+    fn drop(&mut self) {
+        for slot in &mut self.slots {
+            if let State::InFlight { resources, .. } =
+                std::mem::replace(&mut slot.state, State::Vacant)
+            {
+                // The kernel may still use these: leaking is the only safe end.
+                retain_forever(resources);
+            }
+        }
+    }
+}
