@@ -177,6 +177,9 @@ pub fn uncontended_clone(
     (loan, local, weak)
 }
 
+/// How many counts (files, `Arc`s) the 2-thread rows rotate through.
+const ADDRESSES: usize = 7;
+
 /// Cloning one file's handle on two threads at once, where the shared count's cache
 /// line bounces, and the sharded lender that avoids it. Returns the sharded lender
 /// and its loan; the caller keeps them until the lender closes.
@@ -190,15 +193,26 @@ pub fn two_threads(
     eprintln!("2 threads, one file");
     let sharded = ShardedLender::new(lender.as_fd().try_clone_to_owned().unwrap()).unwrap();
     let shared = sharded.loan();
-    let loan_op = || -> Box<dyn FnMut() + Send> {
-        let mine: Loan = loan.clone();
+    // Each round races on another file's count (and another `Arc`'s): a contended
+    // line's cost depends on its address, so both sides get the same spread of them.
+    let files: Vec<Lender> = (0..ADDRESSES)
+        .map(|_| Lender::try_from(lender.as_fd().try_clone_to_owned().unwrap()).unwrap())
+        .collect();
+    let loans: Vec<Loan> = std::iter::once(loan.clone())
+        .chain(files.iter().map(|file| file.loan().unwrap()))
+        .collect();
+    let arcs: Vec<Arc<OwnedFd>> = std::iter::once(Arc::clone(arc))
+        .chain((0..ADDRESSES).map(|_| Arc::new(lender.as_fd().try_clone_to_owned().unwrap())))
+        .collect();
+    let loan_op = |round: usize| -> Box<dyn FnMut() + Send> {
+        let mine: Loan = loans[round % loans.len()].clone();
         Box::new(move || drop(black_box(black_box(&mine).clone())))
     };
-    let arc_op = || -> Box<dyn FnMut() + Send> {
-        let mine = Arc::clone(arc);
+    let arc_op = |round: usize| -> Box<dyn FnMut() + Send> {
+        let mine = Arc::clone(&arcs[round % arcs.len()]);
         Box::new(move || drop(black_box(Arc::clone(black_box(&mine)))))
     };
-    let shared_op = || -> Box<dyn FnMut() + Send> {
+    let shared_op = |_round: usize| -> Box<dyn FnMut() + Send> {
         let mine: SharedLoan = shared.clone();
         Box::new(move || drop(black_box(black_box(&mine).clone())))
     };
@@ -230,6 +244,10 @@ pub fn two_threads(
         b,
         Target::None,
     ));
+    drop((loans, arcs));
+    for file in files {
+        file.close_wait().unwrap();
+    }
     (sharded, shared)
 }
 

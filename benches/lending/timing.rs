@@ -16,6 +16,11 @@ fn best(samples: Vec<f64>) -> f64 {
     samples.into_iter().fold(f64::INFINITY, f64::min)
 }
 
+fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
 /// ns per call of `op`, one sample: enough calls to fill `sample` time.
 fn sample_ns(sample: Duration, op: &mut dyn FnMut()) -> f64 {
     // Calibrate: double the batch until it takes a tenth of the sample.
@@ -56,15 +61,15 @@ pub fn pair(
 /// after a common start; wall time from the first thread's start to the last one's
 /// end, per call. (Per-thread clocks would hide a thread preempted at the start: the
 /// two would then run one after the other, uncontended, and each look fast.)
-fn contended_sample<F>(threads: usize, calls: u64, per_thread: &F) -> f64
+fn contended_sample<F>(threads: usize, calls: u64, round: usize, per_thread: &F) -> f64
 where
-    F: Fn() -> Box<dyn FnMut() + Send> + Sync,
+    F: Fn(usize) -> Box<dyn FnMut() + Send> + Sync,
 {
     let barrier = Barrier::new(threads);
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|index| {
-                let mut op = per_thread();
+                let mut op = per_thread(round);
                 let barrier = &barrier;
                 scope.spawn(move || {
                     pin_to_cpu(index);
@@ -103,8 +108,9 @@ fn pin_to_cpu(index: usize) {
     }
 }
 
-/// Best rounds of `fdlend` and `baseline` racing on `threads` threads, alternately;
-/// each closure makes one thread's op.
+/// Median rounds of `fdlend` and `baseline` racing on `threads` threads, alternately;
+/// each closure makes one thread's op for the round number it is given (so a case can
+/// move its shared count to another address each round).
 pub fn contended_pair<A, B>(
     settings: &Settings,
     threads: usize,
@@ -112,16 +118,19 @@ pub fn contended_pair<A, B>(
     baseline: &B,
 ) -> (f64, f64)
 where
-    A: Fn() -> Box<dyn FnMut() + Send> + Sync,
-    B: Fn() -> Box<dyn FnMut() + Send> + Sync,
+    A: Fn(usize) -> Box<dyn FnMut() + Send> + Sync,
+    B: Fn(usize) -> Box<dyn FnMut() + Send> + Sync,
 {
-    // Many short rounds: on a shared machine a short window with both CPUs free is
-    // far likelier than a long one, and the best round is the one that counts.
+    // Many short rounds, alternating, each on the round's own count (the cases rotate
+    // through several files and `Arc`s): what a contended line costs here depends on
+    // its address (which cache slice homes it), by up to 1.5x, so one address per
+    // side would compare two addresses rather than two codes. The median, not the
+    // best, for the same reason: the best round of each side is the luckiest address.
     let calls = (settings.sample.as_nanos() / 4 / 20) as u64;
     let (mut a, mut b) = (Vec::new(), Vec::new());
-    for _ in 0..settings.rounds * 4 {
-        a.push(contended_sample(threads, calls, fdlend));
-        b.push(contended_sample(threads, calls, baseline));
+    for round in 0..settings.rounds * 8 {
+        a.push(contended_sample(threads, calls, round, fdlend));
+        b.push(contended_sample(threads, calls, round, baseline));
     }
-    (best(a), best(b))
+    (median(a), median(b))
 }
