@@ -2,10 +2,10 @@
 //! still be used, and by how many.
 //!
 //! ```text
-//!  63          40   39     38      37       36    35            0
-//! +--------------+------+-------+--------+-------+---------------+
-//! |   raw (24)   | DEAD |REVOKED|ORPHANED|CLOSING|  count (36)   |
-//! +--------------+------+-------+--------+-------+---------------+
+//!  63        40   39     38      37       36      35      34          0
+//! +------------+------+-------+--------+-------+-------+-------------+
+//! |  raw (24)  | DEAD |REVOKED|ORPHANED|CLOSING|LIMITED| count (35)  |
+//! +------------+------+-------+--------+-------+-------+-------------+
 //! ```
 //!
 //! * **count** is the number of counted references: the owner's own (unless
@@ -14,6 +14,9 @@
 //!   in `Arc`: an attempt that turns out not to be allowed gives its unit back.
 //! * **raw** counts which of those references are raw tokens, so a raw return can
 //!   never take a safe loan's count (see `Liveness::release_raw`).
+//! * **LIMITED**: the file has a loan limit below [`MAX_LOANS`]. Without it a take
+//!   checks the count against a constant, reading nothing but the word it just
+//!   added to; with it, takes go the slow way and read the limit.
 //! * **CLOSING**: the owner has begun closing; new loans are refused, clones are not.
 //! * **ORPHANED**: the owner's own reference is gone too; only loans remain, so the
 //!   loan limit stays exact while the file drains.
@@ -30,8 +33,9 @@
 
 use crate::sync::{AtomicU64, Ordering};
 
-const COUNT_BITS: u32 = 36;
+const COUNT_BITS: u32 = 35;
 const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
+const LIMITED: u64 = 1 << 35;
 const CLOSING: u64 = 1 << 36;
 const ORPHANED: u64 = 1 << 37;
 const REVOKED: u64 = 1 << 38;
@@ -45,6 +49,9 @@ const RAW_LIMIT: u64 = 1 << 23;
 /// The most loans a word admits (the owner's reference aside): far below the count
 /// field's capacity, so transient attempts can never carry into the flags.
 pub(crate) const MAX_LOANS: u32 = (1 << 30) - 2;
+/// The count below which any unlimited word admits one more reference (the
+/// owner's included).
+const ADMIT_BELOW: u64 = MAX_LOANS as u64 + 1;
 
 /// What a word says about its file, for telling a refusal apart.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -155,13 +162,13 @@ impl Liveness {
     /// the dead word (a stale pin's `+1`, given back soon) are carried over, so their
     /// give-back balances. The caller holds the fd number's registration lock and has
     /// written the record's fields, which this Release publishes.
-    pub(crate) fn open(&self) -> Result<(), Refusal> {
+    pub(crate) fn open(&self, limited: bool) -> Result<(), Refusal> {
         let mut current = self.word.load(Ordering::Relaxed);
         loop {
             if current & DEAD == 0 {
                 return Err(Refusal::Live);
             }
-            let next = (current & COUNT_MASK) + 1;
+            let next = (current & COUNT_MASK) + 1 + if limited { LIMITED } else { 0 };
             // Release pairs with the Acquire of every pin and `load`: whoever sees
             // this incarnation live sees its fd and incarnation too.
             match self.word.compare_exchange_weak(
@@ -177,18 +184,20 @@ impl Liveness {
     }
 
     /// One more reference by a holder of one (a clone, the owner's loan, a local
-    /// loan sent): one `fetch_add`. `admit_below` is the loan limit + 1.
+    /// loan sent): one `fetch_add`. `admit_below` gives the loan limit + 1; it is
+    /// only asked for when the word is `LIMITED` or near full.
     #[inline]
-    pub(crate) fn acquire_held(&self, admit_below: u64) -> Result<(), Refusal> {
+    pub(crate) fn acquire_held(&self, admit_below: impl FnOnce() -> u64) -> Result<(), Refusal> {
         // Relaxed, as `Arc::clone`: the caller's own reference keeps the word live and
         // it already synchronised with the registration when it got that reference.
         let old = self.word.fetch_add(1, Ordering::Relaxed);
-        // One compare covers the common case: count under the limit, not orphaned
-        // (where the owner no longer counts) and not revoked.
-        if old & (COUNT_MASK | ORPHANED | REVOKED) < admit_below {
+        // One compare with a constant covers the common case: no limit of its own,
+        // count under the global one, not orphaned (where the owner no longer counts)
+        // and not revoked.
+        if old & (COUNT_MASK | LIMITED | ORPHANED | REVOKED) < ADMIT_BELOW {
             return Ok(());
         }
-        self.acquire_held_slow(Word(old), admit_below)
+        self.acquire_held_slow(Word(old), admit_below())
     }
 
     #[cold]
@@ -209,15 +218,19 @@ impl Liveness {
     /// attempt's unit is still counted and the caller must `release` it (which may
     /// drain the word: the attempt was then the last reference).
     #[inline]
-    pub(crate) fn try_acquire_new(&self, admit_below: u64) -> Result<(), Word> {
+    pub(crate) fn try_acquire_new(&self, admit_below: impl FnOnce() -> u64) -> Result<(), Word> {
         // Acquire pairs with `open`'s Release: the new reference may read the record's
         // fields and use the fd, so it must see the registration.
         let old = self.word.fetch_add(1, Ordering::Acquire);
-        // Any flag (closing, orphaned, revoked, dead) or a full count refuses.
-        if old & !RAW_MASK < admit_below {
-            Ok(())
-        } else {
-            Err(Word(old))
+        // Any flag (limited, closing, orphaned, revoked, dead) or a full count goes
+        // the slow way.
+        if old & !RAW_MASK < ADMIT_BELOW {
+            return Ok(());
+        }
+        let old = Word(old);
+        match old.state() {
+            State::Open if old.loans() < admit_below() - 1 => Ok(()),
+            _ => Err(old),
         }
     }
 
@@ -288,10 +301,13 @@ impl Liveness {
     /// Open with only the owner's reference → Dead, in one step. Fails (with what
     /// it saw) while anything else is counted, an attempt in flight included.
     pub(crate) fn retire_if_unlent(&self) -> Result<(), Word> {
+        // Relaxed: only LIMITED is read here, which is fixed while the caller holds
+        // the owner's reference.
+        let limited = self.word.load(Ordering::Relaxed) & LIMITED;
         // Acquire pairs with every reference's Release in `release`: their uses of the
         // fd happen before the owner takes it back.
         self.word
-            .compare_exchange(1, DEAD, Ordering::Acquire, Ordering::Relaxed)
+            .compare_exchange(1 | limited, DEAD, Ordering::Acquire, Ordering::Relaxed)
             .map(|_| ())
             .map_err(Word)
     }
@@ -312,13 +328,18 @@ impl Liveness {
     /// One more reference by a holder of one, counted as a raw token (`lend_raw`,
     /// `lend_fd`): one `fetch_add` of both units.
     #[inline]
-    pub(crate) fn acquire_held_raw(&self, admit_below: u64) -> Result<(), Refusal> {
+    pub(crate) fn acquire_held_raw(
+        &self,
+        admit_below: impl FnOnce() -> u64,
+    ) -> Result<(), Refusal> {
         // Relaxed: as in `acquire_held`.
         let old = self.word.fetch_add(1 + RAW_ONE, Ordering::Relaxed);
-        if old & (COUNT_MASK | ORPHANED | REVOKED) < admit_below && Word(old).raw() < RAW_LIMIT {
+        if old & (COUNT_MASK | LIMITED | ORPHANED | REVOKED) < ADMIT_BELOW
+            && Word(old).raw() < RAW_LIMIT
+        {
             return Ok(());
         }
-        self.acquire_held_raw_slow(Word(old), admit_below)
+        self.acquire_held_raw_slow(Word(old), admit_below())
     }
 
     #[cold]
@@ -395,11 +416,24 @@ const CLAIM_ORDERING: Ordering = Ordering::Relaxed;
 mod tests {
     use super::*;
 
-    const ANY: u64 = MAX_LOANS as u64 + 1;
+    fn any() -> u64 {
+        ADMIT_BELOW
+    }
+
+    /// A limit of `n` loans.
+    fn limit(n: u64) -> impl Fn() -> u64 {
+        move || n + 1
+    }
 
     fn open() -> Liveness {
         let word = Liveness::new();
-        word.open().unwrap();
+        word.open(false).unwrap();
+        word
+    }
+
+    fn open_limited() -> Liveness {
+        let word = Liveness::new();
+        word.open(true).unwrap();
         word
     }
 
@@ -408,29 +442,29 @@ mod tests {
         let word = open();
         assert_eq!(word.load(), Word(1));
         assert_eq!(word.load().state(), State::Open);
-        assert_eq!(word.open(), Err(Refusal::Live));
+        assert_eq!(word.open(false), Err(Refusal::Live));
     }
 
     #[test]
     fn new_references_stop_at_closing_but_clones_continue() {
         let word = open();
-        word.try_acquire_new(ANY).unwrap();
+        word.try_acquire_new(any).unwrap();
         word.begin_close();
-        let refused = word.try_acquire_new(ANY).unwrap_err();
+        let refused = word.try_acquire_new(any).unwrap_err();
         assert_eq!(refused.state(), State::Closing);
         assert_eq!(
             word.release(),
             Released::Kept,
             "the refused attempt gives back"
         );
-        word.acquire_held(ANY).unwrap();
+        word.acquire_held(any).unwrap();
         assert_eq!(word.load().count(), 3);
     }
 
     #[test]
     fn the_last_release_of_a_closing_word_kills_it_once() {
         let word = open();
-        word.acquire_held(ANY).unwrap();
+        word.acquire_held(any).unwrap();
         word.begin_close();
         assert_eq!(word.release_owner(), Released::Kept);
         assert_eq!(word.load().loans(), 1);
@@ -441,11 +475,11 @@ mod tests {
     #[test]
     fn an_attempt_in_flight_takes_over_the_drain() {
         let word = open();
-        word.acquire_held(ANY).unwrap();
+        word.acquire_held(any).unwrap();
         word.begin_close();
         assert_eq!(word.release_owner(), Released::Kept);
         // A pin adds its unit, then the last loan returns: the loan cannot claim.
-        assert!(word.try_acquire_new(ANY).is_err());
+        assert!(word.try_acquire_new(any).is_err());
         assert_eq!(word.release(), Released::Kept);
         assert_eq!(
             word.release(),
@@ -456,31 +490,48 @@ mod tests {
 
     #[test]
     fn saturation_refuses_at_the_limit_and_loses_nothing() {
-        let word = open();
-        word.acquire_held(2).unwrap();
-        assert_eq!(word.acquire_held(2), Err(Refusal::Saturated));
-        assert!(word.try_acquire_new(2).is_err());
+        let word = open_limited();
+        word.acquire_held(limit(1)).unwrap();
+        assert_eq!(word.acquire_held(limit(1)), Err(Refusal::Saturated));
+        assert!(word.try_acquire_new(limit(1)).is_err());
         assert_eq!(word.release(), Released::Kept);
         assert_eq!(word.load().count(), 2, "the owner and one loan");
     }
 
     #[test]
     fn the_limit_stays_exact_once_the_owner_is_gone() {
-        let word = open();
-        word.acquire_held(2).unwrap();
+        let word = open_limited();
+        word.acquire_held(limit(1)).unwrap();
         word.begin_close();
         assert_eq!(word.release_owner(), Released::Kept);
-        assert_eq!(word.acquire_held(2), Err(Refusal::Saturated));
+        assert_eq!(word.acquire_held(limit(1)), Err(Refusal::Saturated));
         assert_eq!(word.load().loans(), 1, "one loan is still the limit");
+    }
+
+    #[test]
+    fn a_limited_word_admits_exactly_up_to_its_limit_and_retires() {
+        let word = open_limited();
+        word.acquire_held(limit(2)).unwrap();
+        word.try_acquire_new(limit(2)).unwrap();
+        assert!(word.try_acquire_new(limit(2)).is_err());
+        assert_eq!(word.release(), Released::Kept);
+        assert_eq!(word.load().loans(), 2);
+        assert_eq!(word.release(), Released::Kept);
+        assert_eq!(word.release(), Released::Kept);
+        assert_eq!(
+            word.retire_if_unlent(),
+            Ok(()),
+            "LIMITED does not hide the owner"
+        );
     }
 
     #[test]
     fn a_dead_word_refuses_and_reopens_with_attempts_in_flight() {
         let word = open();
         assert_eq!(word.retire_if_unlent(), Ok(()));
-        let refused = word.try_acquire_new(ANY).unwrap_err();
+        let refused = word.try_acquire_new(any).unwrap_err();
         assert_eq!(refused.state(), State::Dead);
-        word.open().unwrap();
+        word.open(false).unwrap();
         assert_eq!(
             word.load().count(),
             2,
@@ -493,10 +544,10 @@ mod tests {
     #[test]
     fn a_revoked_word_counts_down_to_retired() {
         let word = open();
-        word.acquire_held(ANY).unwrap();
+        word.acquire_held(any).unwrap();
         assert_eq!(word.retire_if_unlent(), Err(Word(2)));
         word.revoke();
-        assert_eq!(word.acquire_held(ANY), Err(Refusal::Not(State::Revoked)));
+        assert_eq!(word.acquire_held(any), Err(Refusal::Not(State::Revoked)));
         assert_eq!(word.release_owner(), Released::Kept);
         assert_eq!(word.release(), Released::Retired);
         assert_eq!(word.load().state(), State::Dead);
@@ -505,9 +556,9 @@ mod tests {
     #[test]
     fn raw_returns_never_take_a_loans_count() {
         let word = open();
-        word.acquire_held(ANY).unwrap();
+        word.acquire_held(any).unwrap();
         assert_eq!(word.release_raw(), Err(Refusal::NotLent));
-        word.acquire_held(ANY).unwrap();
+        word.acquire_held(any).unwrap();
         word.mark_raw().unwrap();
         assert_eq!(word.release_raw(), Ok(Released::Kept));
         assert_eq!(word.release_raw(), Err(Refusal::NotLent), "a double return");

@@ -93,7 +93,7 @@ impl Loan {
 /// One more reference to `record`'s file by a holder of one.
 #[inline]
 pub(crate) fn acquire_held(record: &'static Record) -> Result<Loan, LendError> {
-    match record.liveness.acquire_held(record.admit_below()) {
+    match record.liveness.acquire_held(|| record.admit_below()) {
         Ok(()) => Ok(Loan { record }),
         Err(refusal) => Err(refusal_to_error(record.fd(), refusal, record)),
     }
@@ -281,7 +281,7 @@ impl Ticket {
         let Some(record) = table::global().current(self.fd) else {
             return Err(LendError::Closed { fd: self.fd });
         };
-        match record.liveness.try_acquire_new(record.admit_below()) {
+        match record.liveness.try_acquire_new(|| record.admit_below()) {
             // The Acquire in the add made the record's fields visible, and the unit
             // now counted keeps them from changing: this check is final.
             Ok(()) if record.names(self.fd, self.epoch) => Ok(Loan { record }),

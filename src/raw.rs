@@ -33,7 +33,7 @@ impl RawLoan {
     /// One more reference to `record`'s file, by its owner, as a raw token.
     #[inline]
     pub(crate) fn lend(record: &'static Record) -> Result<RawLoan, LendError> {
-        match record.liveness.acquire_held_raw(record.admit_below()) {
+        match record.liveness.acquire_held_raw(|| record.admit_below()) {
             Ok(()) => Ok(RawLoan {
                 record,
                 fd: record.fd(),

@@ -15,10 +15,20 @@ use crate::sync::{lock, Arc, AtomicI32, AtomicU64, Mutex, Ordering};
 use std::os::fd::RawFd;
 
 /// One file's counts and identity. Aligned to two cache lines so that two hot files
-/// never share a line (adjacent-line prefetch pairs them on x86).
-#[repr(align(128))]
+/// never share a line (adjacent-line prefetch pairs them on x86), and laid out so the
+/// word has its line to itself: every reference writes it, while the fields beside it
+/// are only read once the file is open. A clone that read its limit from the word's
+/// line would pull that line in shared first and then again to write it, a second
+/// transfer per clone when two threads clone one file.
+#[repr(C, align(128))]
 pub(crate) struct Record {
     pub(crate) liveness: Liveness,
+    file: File,
+}
+
+/// What the word counts, on the record's second cache line.
+#[repr(align(64))]
+struct File {
     /// The loan limit + 1, read by every clone.
     admit_below: AtomicU64,
     fd: AtomicI32,
@@ -28,7 +38,7 @@ pub(crate) struct Record {
     signal: Mutex<Option<Arc<CloseSignal>>>,
 }
 
-// The fields below are written only while the word is dead, under the fd number's
+// The fields of `File` are written only while the word is dead, under the fd number's
 // registration lock, and published by `Liveness::open`'s Release. Every reader holds
 // a reference taken after that (its Acquire, or a handle passed from a thread that
 // had it), except stale pins, which read them only to find that they do not match.
@@ -37,38 +47,41 @@ impl Record {
     pub(crate) fn new() -> Record {
         Record {
             liveness: Liveness::new(),
-            admit_below: AtomicU64::new(0),
-            fd: AtomicI32::new(-1),
-            incarnation: AtomicU64::new(0),
-            signal: Mutex::new(None),
+            file: File {
+                admit_below: AtomicU64::new(0),
+                fd: AtomicI32::new(-1),
+                incarnation: AtomicU64::new(0),
+                signal: Mutex::new(None),
+            },
         }
     }
 
     /// Writes the identity of the file about to be opened in this dead record.
     pub(crate) fn set_file(&self, fd: RawFd, incarnation: u64, max_loans: u32) {
         // Relaxed: published by the `open` that follows (see above).
-        self.fd.store(fd, Ordering::Relaxed);
-        self.incarnation.store(incarnation, Ordering::Relaxed);
-        self.admit_below
+        self.file.fd.store(fd, Ordering::Relaxed);
+        self.file.incarnation.store(incarnation, Ordering::Relaxed);
+        self.file
+            .admit_below
             .store(u64::from(max_loans) + 1, Ordering::Relaxed);
     }
 
     #[inline]
     pub(crate) fn fd(&self) -> RawFd {
         // Relaxed: see above.
-        self.fd.load(Ordering::Relaxed)
+        self.file.fd.load(Ordering::Relaxed)
     }
 
     #[inline]
     pub(crate) fn incarnation(&self) -> u64 {
         // Relaxed: see above.
-        self.incarnation.load(Ordering::Relaxed)
+        self.file.incarnation.load(Ordering::Relaxed)
     }
 
     #[inline]
     pub(crate) fn admit_below(&self) -> u64 {
         // Relaxed: see above.
-        self.admit_below.load(Ordering::Relaxed)
+        self.file.admit_below.load(Ordering::Relaxed)
     }
 
     pub(crate) fn max_loans(&self) -> u32 {
@@ -91,13 +104,13 @@ impl Record {
     /// Leaves `signal` for the drainer. The replaced value (always `None` in
     /// practice) is dropped after the lock is released.
     pub(crate) fn leave_signal(&self, signal: Option<Arc<CloseSignal>>) {
-        let replaced = std::mem::replace(&mut *lock(&self.signal), signal);
+        let replaced = std::mem::replace(&mut *lock(&self.file.signal), signal);
         drop(replaced);
     }
 
     /// The close signal, if a closing owner left one.
     pub(crate) fn signal(&self) -> Option<Arc<CloseSignal>> {
-        lock(&self.signal).clone()
+        lock(&self.file.signal).clone()
     }
 
     /// Gives back one reference of a handle (a loan, a refused pin).
@@ -125,7 +138,7 @@ impl Record {
                 // The fd number is still open (closed just below), so no registration
                 // of it can reuse this record before we are done reading it.
                 let fd = self.fd();
-                let signal = lock(&self.signal).take();
+                let signal = lock(&self.file.signal).take();
                 close::finish_drained(signal, fd);
             }
             Released::Retired => pool().recycle(self),

@@ -7,7 +7,7 @@
 //! loans point at their record directly.
 
 use crate::error::LendError;
-use crate::liveness::{Refusal, State};
+use crate::liveness::{Refusal, State, MAX_LOANS};
 use crate::record::{pool, Record};
 use crate::sync::{lock, AtomicPtr, Mutex, Ordering};
 use std::os::fd::RawFd;
@@ -78,7 +78,7 @@ impl Slot {
             }
         };
         record.set_file(fd, incarnation, max_loans);
-        match record.liveness.open() {
+        match record.liveness.open(max_loans < MAX_LOANS) {
             Ok(()) => {}
             Err(Refusal::Live) => unreachable!("a dead record opened under the slot's lock"),
             Err(other) => unreachable!("open refused with {other:?}"),
