@@ -87,10 +87,11 @@ pub fn print_table(
         println!();
     }
     println!(
-        "Measured on {} — best of {} alternating rounds of {} ms each (2-thread rows: first start to last end, per call of each thread).",
+        "Measured on {} — best of {} alternating rounds of {} ms each; 2-thread rows: median of {} alternating rounds, each on one of 8 counts (files, `Arc`s) in turn, first start to last end, per call of each thread.",
         machine(),
         settings.rounds,
-        settings.sample.as_millis()
+        settings.sample.as_millis(),
+        settings.rounds * 8
     );
     println!();
     println!("| operation | fdlend ns | baseline | baseline ns | ratio | target | met |");
