@@ -57,7 +57,8 @@ pub(crate) fn gone(fd: RawFd) -> LendError {
 }
 
 /// A counted loan of an fd: it stays open (its close deferred) until the last loan
-/// is dropped. `Send + Sync + Clone`, `'static`, 8 bytes, no heap.
+/// is dropped. `Send + Sync + Clone`, `'static`, 8 bytes, no allocation of its own
+/// (its file has one record, made when the file is lent).
 ///
 /// Cloning and dropping cost one uncontended `fetch_add`/`fetch_sub` each, as `Arc`
 /// does: a loan points at its file's record, which is never reused while a loan
