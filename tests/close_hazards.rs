@@ -8,6 +8,7 @@ mod common;
 
 use common::{pipe, write_end, write_through, Parker, WriteEnd};
 use fdlend::{LendError, Lender, Loan};
+use std::fs::File;
 use std::future::Future;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
@@ -42,24 +43,31 @@ fn finishes<T: Send + 'static>(what: &str, body: impl FnOnce() -> T + Send + 'st
         .unwrap_or_else(|_| panic!("{what} deadlocked"))
 }
 
-fn poll_with<F: Future + Unpin>(future: &mut F, waker: &Waker) -> Poll<F::Output> {
-    Pin::new(future).poll(&mut Context::from_waker(waker))
+/// A lent pipe's write end, closed by `close`, whose future was polled once with a
+/// waker that owns the file's only loan: the future now stores that waker, and only
+/// it keeps the file open. Returns the read end and the pending future.
+fn pending_on_a_waker_owning_the_last_loan<F: Future + Unpin>(
+    close: impl FnOnce(Lender) -> F,
+) -> (File, F) {
+    let (read, write) = pipe();
+    let lender = Lender::try_from(write).unwrap();
+    let waker = waker_owning(lender.loan().unwrap());
+    let mut future = close(lender);
+    let polled = Pin::new(&mut future).poll(&mut Context::from_waker(&waker));
+    assert!(polled.is_pending(), "the loan is out");
+    drop(waker);
+    assert_eq!(
+        write_end(&read),
+        WriteEnd::Open,
+        "the stored waker holds the loan"
+    );
+    (read, future)
 }
 
 #[test]
 fn a_dropped_reclaim_drops_a_waker_owning_the_last_loan_without_deadlock() {
     let read = finishes("dropping the Reclaim", || {
-        let (read, write) = pipe();
-        let lender = Lender::try_from(write).unwrap();
-        let waker = waker_owning(lender.loan().unwrap());
-        let mut reclaim = lender.reclaim();
-        assert!(poll_with(&mut reclaim, &waker).is_pending());
-        drop(waker);
-        assert_eq!(
-            write_end(&read),
-            WriteEnd::Open,
-            "the stored waker holds the loan"
-        );
+        let (read, reclaim) = pending_on_a_waker_owning_the_last_loan(Lender::reclaim);
         // The drop hands the close to the last loan, which is the waker's: it drains
         // (and closes) while the Reclaim gives up its waker.
         drop(reclaim);
@@ -71,12 +79,7 @@ fn a_dropped_reclaim_drops_a_waker_owning_the_last_loan_without_deadlock() {
 #[test]
 fn a_close_future_repolled_with_a_new_waker_drops_the_old_one_without_deadlock() {
     let read = finishes("re-polling the CloseFuture", || {
-        let (read, write) = pipe();
-        let lender = Lender::try_from(write).unwrap();
-        let first = waker_owning(lender.loan().unwrap());
-        let mut close = lender.close_async();
-        assert!(poll_with(&mut close, &first).is_pending());
-        drop(first);
+        let (read, mut close) = pending_on_a_waker_owning_the_last_loan(Lender::close_async);
         // Replacing the stored waker drops it, and with it the last loan: the drain
         // wakes the new waker and the next poll closes.
         let parker = Parker::new();
@@ -91,12 +94,7 @@ fn a_close_future_repolled_with_a_new_waker_drops_the_old_one_without_deadlock()
 #[test]
 fn a_closing_polled_with_a_new_waker_drops_the_old_one_without_deadlock() {
     let read = finishes("re-polling Closing", || {
-        let (read, write) = pipe();
-        let lender = Lender::try_from(write).unwrap();
-        let first = waker_owning(lender.loan().unwrap());
-        let mut closing = lender.close();
-        assert!(poll_with(&mut closing, &first).is_pending());
-        drop(first);
+        let (read, mut closing) = pending_on_a_waker_owning_the_last_loan(Lender::close);
         let parker = Parker::new();
         // The old waker's loan was the last: the deferred close happens right in
         // this poll (on this thread), which then finds it done or is woken.
