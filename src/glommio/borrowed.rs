@@ -90,7 +90,7 @@ impl BorrowedDmaFile {
     pub async fn new(lent: impl Into<BorrowSource>) -> Result<BorrowedDmaFile, BorrowDmaError> {
         let lent = lent.into();
         let fd = lent.loan().as_raw_fd();
-        // SAFETY: `DmaFile::from_raw_fd` (vendored glommio, FDLEND-PATCH.md) needs
+        // `DmaFile::from_raw_fd` (vendored glommio, FDLEND-PATCH.md) needs
         // - `fd` open while the file or any I/O it started exists: the loan in `lent`
         //   keeps it open; `lent` is moved into the result below and shared with every
         //   read future and stream, and `Drop` gives the file up before letting go of
@@ -98,6 +98,7 @@ impl BorrowedDmaFile {
         //   submitted were cancelled with their futures);
         // - the file never closes `fd`: it is never closed or dropped as a `DmaFile`,
         //   only given up with `into_raw_fd` in `Drop`. On error no file was built.
+        // SAFETY: both obligations hold, as argued just above.
         match unsafe { DmaFile::from_raw_fd(fd) }.await {
             Ok(dma) => Ok(BorrowedDmaFile {
                 dma: Some(Rc::new(dma)),
