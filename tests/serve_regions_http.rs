@@ -7,7 +7,7 @@
 mod serve_regions;
 
 use serve_regions::http::{
-    file_name, parse_range, parse_request, BadRequest, RangeAsk, TargetError,
+    file_name, parse_range, parse_request, BadRequest, Body, RangeAsk, TargetError,
 };
 
 #[test]
@@ -31,6 +31,31 @@ fn ranges_parse_like_rfc_9110_says() {
         RangeAsk::Unsatisfiable
     );
     assert_eq!(parse_range(Some("bytes=0-0"), 0), RangeAsk::Unsatisfiable);
+    // Numbers past u64 are still numbers (RFC 9110 §14.1.2): a last-byte-pos past
+    // the end means "to the end", a suffix longer than the file the whole file, and
+    // a first-byte-pos past the end is unsatisfiable.
+    let huge = "99999999999999999999999";
+    assert_eq!(
+        parse_range(Some("bytes=0-999999999999999999999"), 100),
+        part(0, 100)
+    );
+    assert_eq!(
+        parse_range(Some("bytes=-18446744073709551616"), 100),
+        part(0, 100)
+    );
+    assert_eq!(
+        parse_range(Some(&format!("bytes=10-{huge}")), 100),
+        part(10, 100)
+    );
+    assert_eq!(
+        parse_range(Some(&format!("bytes={huge}-")), 100),
+        RangeAsk::Unsatisfiable
+    );
+    assert_eq!(
+        parse_range(Some(&format!("bytes={huge}-{huge}")), 100),
+        RangeAsk::Unsatisfiable
+    );
+    assert_eq!(parse_range(Some("bytes=-"), 100), RangeAsk::Unsatisfiable);
     // Ignorable: several ranges, or a unit this server does not know.
     assert_eq!(parse_range(Some("bytes=0-1,5-9"), 100), RangeAsk::Whole);
     assert_eq!(parse_range(Some("items=0-1"), 100), RangeAsk::Whole);
@@ -40,13 +65,38 @@ fn ranges_parse_like_rfc_9110_says() {
 fn request_heads_tell_keep_alive_and_bodies_apart() {
     let parse = |head: &str| parse_request(head.as_bytes()).unwrap().unwrap().0;
     let get = parse("GET /a HTTP/1.1\r\nRange: bytes=1-2\r\n\r\n");
-    assert!(get.keep_alive && !get.has_body);
+    assert!(get.keep_alive);
+    assert_eq!(get.body, Body::None);
     assert_eq!(get.range.as_deref(), Some("bytes=1-2"));
     assert!(!parse("GET /a HTTP/1.1\r\nConnection: Close\r\n\r\n").keep_alive);
     assert!(!parse("GET /a HTTP/1.0\r\n\r\n").keep_alive);
     assert!(parse("GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").keep_alive);
-    assert!(parse("GET /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc").has_body);
-    assert!(parse("GET /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").has_body);
+    let body = |head: &str| parse(head).body;
+    assert_eq!(
+        body("GET /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"),
+        Body::Length(3)
+    );
+    assert_eq!(
+        body("GET /a HTTP/1.1\r\nContent-Length: 0\r\n\r\n"),
+        Body::None
+    );
+    assert_eq!(
+        body("GET /a HTTP/1.1\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\n"),
+        Body::Length(4)
+    );
+    assert_eq!(
+        body("GET /a HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n"),
+        Body::Length(u64::MAX),
+        "a length past u64 is over any bound, not malformed"
+    );
+    for invalid in ["4, 5", "-1", "+4", "0x10", ""] {
+        let head = format!("GET /a HTTP/1.1\r\nContent-Length: {invalid}\r\n\r\n");
+        assert_eq!(body(&head), Body::Invalid, "{invalid:?}");
+    }
+    assert_eq!(
+        body("GET /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+        Body::Encoded
+    );
 
     let two = b"GET /a HTTP/1.1\r\n\r\nHEAD /b HTTP/1.1\r\n\r\n";
     let (_, used) = parse_request(two).unwrap().unwrap();

@@ -10,15 +10,23 @@ usage: serve_regions [OPTIONS] FILE...
 
 Serves each FILE over HTTP/1.1 on 127.0.0.1 as /<its base name>, answering GET and
 HEAD, with or without a single `Range: bytes=...`. Only the files named here are
-served. SIGINT or SIGTERM stops it after the responses in flight are sent (a
-send that moves no byte for 30 s is dropped, so stopping is bounded).
+served. SIGINT or SIGTERM stops it: no new requests, the responses in flight get
+up to the drain timeout, then their sends are cut; a second signal stops it at once.
+At the connection cap, a new client is admitted by closing the connection that has
+waited longest for a request. A request body (Content-Length) is read and
+discarded; one over the body bound gets 413, a Transfer-Encoding body 411.
 
 options:
   --port P            port to listen on (default 0: any free port, printed)
   --workers W         threads that send the bodies (default 4)
   --requests N        stop by itself after answering N requests
   --idle-timeout S    close a connection idle for S seconds (default 30)
-  --max-connections C stop accepting while C connections are open (default 1024)
+  --max-connections C at most C connections open; at the cap a new one evicts the
+                      longest-idle (default 1024)
+  --drain-timeout S   after SIGINT/SIGTERM, cut the sends still running after S
+                      seconds (default 10)
+  --max-body B        read and discard request bodies up to B bytes; a longer one
+                      gets 413 (default 1048576)
   -h, --help          print this and exit";
 
 /// What to serve and how.
@@ -34,8 +42,14 @@ pub struct Config {
     pub workers: usize,
     /// A connection with no complete request for this long is closed.
     pub idle_timeout: Duration,
-    /// The listener is not polled while this many connections are open.
+    /// At most this many connections are open: at the cap, a new one is admitted by
+    /// closing the longest-idle, or waits in the backlog if none is idle.
     pub max_connections: usize,
+    /// After the first stop signal, sends still running this long are cut.
+    pub drain_timeout: Duration,
+    /// Request bodies up to this many bytes are read and discarded; a longer one is
+    /// refused with 413.
+    pub max_body: u64,
 }
 
 impl Config {
@@ -48,6 +62,8 @@ impl Config {
             workers: 4,
             idle_timeout: Duration::from_secs(30),
             max_connections: 1024,
+            drain_timeout: Duration::from_secs(10),
+            max_body: 1 << 20,
         }
     }
 }
@@ -98,6 +114,10 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String
                 config.max_connections =
                     positive("--max-connections", number("--max-connections")?)?
             }
+            "--drain-timeout" => {
+                config.drain_timeout = Duration::from_secs(number("--drain-timeout")?)
+            }
+            "--max-body" => config.max_body = number("--max-body")?,
             option if option.starts_with('-') && option.len() > 1 => {
                 return Err(format!("unknown option {option}"))
             }

@@ -1,7 +1,7 @@
 //! The served files: opened once, owned by the owner thread as `Lender`s, lent out
 //! per response as a `LentRegion`, and closed only after every region is back.
 
-use super::http::{self, BadRequest, Method, RangeAsk, Request, TargetError};
+use super::http::{self, BadRequest, Body, Method, RangeAsk, Request, TargetError};
 use fdlend::io::LentRegion;
 use fdlend::Lender;
 use std::collections::HashMap;
@@ -82,10 +82,22 @@ impl Files {
         headless(status, "", false)
     }
 
+    /// The response to a request whose body is not read (over `max_body`, encoded,
+    /// or of no clear length): the connection closes after it, lingering so the
+    /// unread body cannot reset the response away.
+    pub fn refuse_body(body: Body) -> Response {
+        let status = match body {
+            Body::Length(_) => "413 Content Too Large",
+            Body::Encoded => "411 Length Required",
+            Body::None | Body::Invalid => "400 Bad Request",
+        };
+        headless(status, "", false)
+    }
+
     /// Decides the response to `request`, lending the range it asks for.
     pub fn respond(&self, request: &Request) -> Response {
-        // A body this server does not read would be taken for the next request.
-        let keep_alive = request.keep_alive && !request.has_body;
+        // Any body has been read and discarded by now.
+        let keep_alive = request.keep_alive;
         if let Method::Other(_) = request.method {
             return headless("405 Method Not Allowed", "Allow: GET, HEAD\r\n", keep_alive);
         }
@@ -137,7 +149,7 @@ impl Files {
 
     /// Closes every file, each once every region lent from it has been returned
     /// (`close_wait`), so a send still in flight finishes on an open file.
-    pub fn close_all(self) -> io::Result<()> {
+    pub fn close_all(self, _bound: std::time::Duration) -> io::Result<()> {
         for (name, served) in self.by_name {
             served.lender.close_wait().map_err(|error| {
                 io::Error::new(error.kind(), format!("closing {name}: {error}"))

@@ -26,9 +26,22 @@ pub struct Request {
     pub range: Option<String>,
     /// The client wants the connection kept open after the response.
     pub keep_alive: bool,
-    /// The request announced a body (which this server never reads, so the
-    /// connection cannot be reused after it).
-    pub has_body: bool,
+    /// The body the request announced, which the server reads and discards.
+    pub body: Body,
+}
+
+/// A request's body, as its head announces it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Body {
+    /// No body (no `Content-Length`, or 0).
+    None,
+    /// `Content-Length` bytes (a length past u64 reads as `u64::MAX`, over any bound).
+    Length(u64),
+    /// A `Transfer-Encoding` (chunked or other): this server does not decode them
+    /// and answers 411 Length Required.
+    Encoded,
+    /// A `Content-Length` that is not one whole number: 400 (RFC 9112 §6.3).
+    Invalid,
 }
 
 /// Why a request head was refused.
@@ -77,10 +90,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, BadRequest>
         1 => !token("close"),
         _ => token("keep-alive"),
     };
-    let has_body = !header("transfer-encoding").is_empty()
-        || header("content-length")
-            .iter()
-            .any(|length| length.trim() != "0");
+    let body = body(&header("transfer-encoding"), &header("content-length"));
     let method = match method {
         "GET" => Method::Get,
         "HEAD" => Method::Head,
@@ -92,10 +102,40 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, BadRequest>
             target: target.to_owned(),
             range,
             keep_alive,
-            has_body,
+            body,
         },
         used,
     )))
+}
+
+/// The body a request's `Transfer-Encoding` and `Content-Length` fields announce.
+/// Several `Content-Length` values (as fields or a list) must agree (RFC 9110 §8.6).
+fn body(encodings: &[String], lengths: &[String]) -> Body {
+    if !encodings.is_empty() {
+        return Body::Encoded;
+    }
+    let mut length = None;
+    for value in lengths.iter().flat_map(|field| field.split(',')) {
+        match (number(value), length) {
+            (None, _) => return Body::Invalid,
+            (Some(n), Some(seen)) if n != seen => return Body::Invalid,
+            (Some(n), _) => length = Some(n),
+        }
+    }
+    match length {
+        None | Some(0) => Body::None,
+        Some(n) => Body::Length(n),
+    }
+}
+
+/// A whole number of ASCII digits (no sign, not empty), saturating at `u64::MAX`:
+/// a length or byte position past u64 is still a number, just larger than any file.
+fn number(text: &str) -> Option<u64> {
+    let text = text.trim();
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(text.parse().unwrap_or(u64::MAX))
 }
 
 /// What a `Range` header asks of a file of a given size.
@@ -133,14 +173,10 @@ pub fn parse_range(header: Option<&str>, size: u64) -> RangeAsk {
     let Some((first, last)) = spec.split_once('-') else {
         return RangeAsk::Unsatisfiable;
     };
-    let digits = |text: &str| -> Option<u64> {
-        let text = text.trim();
-        // u64's parser takes a leading '+', which a range must not have.
-        text.bytes()
-            .all(|b| b.is_ascii_digit())
-            .then(|| text.parse().ok())
-            .flatten()
-    };
+    // Positions past u64 saturate: a last-byte-pos past the end means "to the end",
+    // a suffix longer than the file means "the whole file", and a first-byte-pos
+    // past the end is unsatisfiable (RFC 9110 §14.1.2), however many digits it has.
+    let digits = number;
     let bounds = if first.trim().is_empty() {
         digits(last).map(|suffix| (size.saturating_sub(suffix), size))
     } else {

@@ -10,12 +10,14 @@ use fdlend::io::{SendPath, SendProgress};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::io::{self, ErrorKind, Write};
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// A send that moves no byte for this long is dropped (the client stopped reading).
-/// It also bounds how long a graceful stop can wait for one send.
+/// A stop does not wait for it: the drain timeout cuts every send still running.
 pub const SEND_STALL: Duration = Duration::from_secs(30);
 
 /// One response to send on one connection.
@@ -35,6 +37,8 @@ pub enum Outcome {
     Headless,
     /// The send failed or stalled (the connection is closed).
     Failed(String),
+    /// A stop's drain timeout ended the send (the connection is closed).
+    Cut,
 }
 
 /// A job done, handed back to the owner.
@@ -52,6 +56,8 @@ pub struct Workers {
     queues: Vec<(Sender<Job>, Waker)>,
     threads: Vec<JoinHandle<()>>,
     next: usize,
+    /// Set by [`Workers::cut`]: drop every send held.
+    cut: Arc<AtomicBool>,
 }
 
 impl Workers {
@@ -62,14 +68,16 @@ impl Workers {
             queues: Vec::new(),
             threads: Vec::new(),
             next: 0,
+            cut: Arc::new(AtomicBool::new(false)),
         };
         for index in 0..count.max(1) {
             let (jobs, queue) = mpsc::channel();
             let (waker, wakeup) = wake::pair()?;
             let (finished, owner) = (finished.clone(), owner.clone());
+            let cut = Arc::clone(&workers.cut);
             let thread = std::thread::Builder::new()
                 .name(format!("sender-{index}"))
-                .spawn(move || run(&queue, &wakeup, &finished, &owner))?;
+                .spawn(move || run(&queue, &wakeup, &cut, &finished, &owner))?;
             workers.queues.push((jobs, waker));
             workers.threads.push(thread);
         }
@@ -84,6 +92,17 @@ impl Workers {
         jobs.send(job)
             .unwrap_or_else(|_| unreachable!("a worker exited early"));
         waker.wake();
+    }
+
+    /// Makes every worker drop the sends it holds now, each reported as
+    /// [`Outcome::Cut`] (which returns its loan and closes its connection).
+    pub fn cut(&self) {
+        // Release pairs with the Acquire load in `run`; the wake that follows makes
+        // each worker look.
+        self.cut.store(true, Ordering::Release);
+        for (_, waker) in &self.queues {
+            waker.wake();
+        }
     }
 
     /// Closes the queues: each worker finishes the sends it holds, then exits.
@@ -163,7 +182,13 @@ impl InFlight {
 /// One worker: takes jobs, pushes every send as far as its socket allows, sleeps in
 /// `poll` until a socket is writable or a job arrives; exits once its queue is
 /// closed and every send it holds has ended.
-fn run(queue: &Receiver<Job>, wakeup: &Wakeup, finished: &Sender<Finished>, owner: &Waker) {
+fn run(
+    queue: &Receiver<Job>,
+    wakeup: &Wakeup,
+    cut: &AtomicBool,
+    finished: &Sender<Finished>,
+    owner: &Waker,
+) {
     let mut sends: Vec<InFlight> = Vec::new();
     let mut open = true;
     loop {
@@ -179,6 +204,12 @@ fn run(queue: &Receiver<Job>, wakeup: &Wakeup, finished: &Sender<Finished>, owne
                 }),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => open = false,
+            }
+        }
+        // Acquire pairs with the Release store in `Workers::cut`.
+        if cut.load(Ordering::Acquire) {
+            for send in sends.drain(..) {
+                hand_back(send.job, Outcome::Cut, finished, owner);
             }
         }
         let now = Instant::now();
@@ -197,20 +228,7 @@ fn run(queue: &Receiver<Job>, wakeup: &Wakeup, finished: &Sender<Finished>, owne
                     send.ready = false;
                     index += 1;
                 }
-                Some(outcome) => {
-                    let Job {
-                        connection,
-                        response,
-                    } = sends.swap_remove(index).job;
-                    // Dropping `response` here returns a failed send's loan.
-                    let keep_alive = response.keep_alive && !matches!(outcome, Outcome::Failed(_));
-                    let _ = finished.send(Finished {
-                        connection,
-                        keep_alive,
-                        outcome,
-                    });
-                    owner.wake();
-                }
+                Some(outcome) => hand_back(sends.swap_remove(index).job, outcome, finished, owner),
             }
         }
         if !open && sends.is_empty() {
@@ -245,4 +263,20 @@ fn run(queue: &Receiver<Job>, wakeup: &Wakeup, finished: &Sender<Finished>, owne
             send.ready = ready;
         }
     }
+}
+
+/// Reports a job's end to the owner with its connection.
+fn hand_back(job: Job, outcome: Outcome, finished: &Sender<Finished>, owner: &Waker) {
+    let Job {
+        connection,
+        response,
+    } = job;
+    // Dropping `response` here returns an unfinished send's loan.
+    let keep_alive = response.keep_alive && matches!(outcome, Outcome::Sent(_) | Outcome::Headless);
+    let _ = finished.send(Finished {
+        connection,
+        keep_alive,
+        outcome,
+    });
+    owner.wake();
 }
