@@ -10,127 +10,14 @@ mod serve_common;
 use io_common::{identity, pattern, TempFile};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use serve_common::child::{example_binary, fds_naming, Server};
 use serve_common::Client;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::SocketAddr;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// The example binary, built on first use. `cargo test --all-targets` builds
-/// examples only as test harnesses, and `cargo test --test NAME` not at all, so
-/// the test asks cargo for the plain binary itself, into the target dir and profile
-/// its own binary came from (`<target>/<profile>/deps/<test>`); cargo does nothing
-/// if it is fresh.
-fn example_binary() -> &'static Path {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().and_then(Path::parent).unwrap();
-        let target_dir = profile_dir.parent().unwrap();
-        let mut build = Command::new(option_env!("CARGO").unwrap_or("cargo"));
-        build
-            .args([
-                "build",
-                "--quiet",
-                "--example",
-                "serve_regions",
-                "--manifest-path",
-            ])
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-            .arg("--target-dir")
-            .arg(target_dir);
-        if profile_dir.file_name() == Some("release".as_ref()) {
-            build.arg("--release");
-        }
-        let out = build.output().expect("run cargo to build the example");
-        assert!(
-            out.status.success(),
-            "cargo build --example serve_regions failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let binary = profile_dir.join("examples").join("serve_regions");
-        assert!(binary.is_file(), "{} was not built", binary.display());
-        binary
-    })
-}
-
-/// A running server process; killed if a test fails before it exits.
-struct Server {
-    child: Child,
-    stdout: BufReader<ChildStdout>,
-    addr: SocketAddr,
-}
-
-impl Server {
-    fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(example_binary())
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start serve_regions");
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .unwrap();
-        Server {
-            child,
-            stdout,
-            addr,
-        }
-    }
-
-    fn pid(&self) -> Pid {
-        Pid::from_raw(self.child.id() as i32)
-    }
-
-    /// Sends `signal` and waits (bounded) for the exit; returns the status and the
-    /// rest of its stdout.
-    fn stop_with(mut self, signal: Signal) -> (ExitStatus, String) {
-        kill(self.pid(), signal).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the server did not exit after {signal}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        let mut rest = String::new();
-        self.stdout.read_to_string(&mut rest).unwrap();
-        (status, rest)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// How many of process `pid`'s fds name the file `(dev, ino)`.
-fn fds_naming(pid: Pid, id: (u64, u64)) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .filter_map(|entry| std::fs::metadata(entry.ok()?.path()).ok())
-        .filter(|meta| (meta.dev(), meta.ino()) == id)
-        .count()
-}
 
 const REQUESTS: usize = 1_000;
 const CLIENTS: usize = 32;

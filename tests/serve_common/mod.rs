@@ -3,6 +3,8 @@
 //! response ends and whether the server closed the connection.
 #![allow(dead_code)] // each test crate uses its own subset
 
+pub mod child;
+
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
