@@ -7,6 +7,7 @@ use fdlend::Lender;
 use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 /// One response, decided on the owner's thread, for a worker to send.
 pub struct Response {
@@ -148,14 +149,31 @@ impl Files {
     }
 
     /// Closes every file, each once every region lent from it has been returned
-    /// (`close_wait`), so a send still in flight finishes on an open file.
-    pub fn close_all(self, _bound: std::time::Duration) -> io::Result<()> {
+    /// (`close_wait`), so a send still in flight finishes on an open file; waits at
+    /// most `bound` in all. A file still lent then is left to its last loan, which
+    /// closes it (still once, still after the loan), and named in the error.
+    pub fn close_all(self, bound: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + bound;
+        let mut failed = Ok(());
         for (name, served) in self.by_name {
-            served.lender.close_wait().map_err(|error| {
-                io::Error::new(error.kind(), format!("closing {name}: {error}"))
-            })?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let error = match served.lender.close_wait_timeout(left) {
+                Ok(Ok(())) => continue,
+                Ok(Err(error)) => io::Error::new(error.kind(), format!("closing {name}: {error}")),
+                Err(timed_out) => {
+                    let message = format!(
+                        "closing {name}: {} loans still out after {bound:?}; the last one closes it",
+                        timed_out.outstanding()
+                    );
+                    // Dropping the lender hands the close to its last loan.
+                    drop(timed_out.into_inner());
+                    io::Error::new(io::ErrorKind::TimedOut, message)
+                }
+            };
+            eprintln!("serve_regions: {error}");
+            failed = failed.and(Err(error));
         }
-        Ok(())
+        failed
     }
 }
 
