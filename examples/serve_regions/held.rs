@@ -35,6 +35,11 @@ impl Held {
         self.waiting.len() + self.lingering.len()
     }
 
+    /// Nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Holds `connection` until it sends (more of) a request.
     pub fn wait(&mut self, connection: Connection) {
         self.waiting.push(connection);

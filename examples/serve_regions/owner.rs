@@ -176,7 +176,7 @@ impl Owner<'_> {
         finished: &Receiver<Finished>,
     ) -> Option<String> {
         let deadline = Instant::now() + self.config.drain_timeout;
-        while self.at_workers > 0 || self.held.len() > 0 {
+        while self.at_workers > 0 || !self.held.is_empty() {
             let now = Instant::now();
             if now >= deadline {
                 return None;
