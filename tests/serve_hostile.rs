@@ -66,9 +66,14 @@ fn at_the_cap_a_new_client_evicts_the_longest_idle_connection() {
 
     // Connected in order, never a byte sent: each idles from the moment it is
     // accepted, so the oldest is the first.
+    let connecting = Instant::now();
     let idle: Vec<TcpStream> = (0..IDLE)
         .map(|_| TcpStream::connect(server.addr).expect("connect an idle client"))
         .collect();
+    println!(
+        "{IDLE} idle clients connected in {:?}",
+        connecting.elapsed()
+    );
     // The server holds the newest CAP and has closed every older one.
     let deadline = Instant::now() + Duration::from_secs(30);
     let evicted = loop {
@@ -78,6 +83,7 @@ fn at_the_cap_a_new_client_evicts_the_longest_idle_connection() {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
+    println!("evictions seen after {:?}", connecting.elapsed());
     assert_eq!(
         evicted,
         (0..IDLE - CAP).collect::<Vec<_>>(),

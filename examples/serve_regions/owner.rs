@@ -17,6 +17,7 @@ use super::shutdown::StopSource;
 use super::wake::{self, Wakeup};
 use super::workers::{Finished, Job, Outcome, Workers};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{listen, Backlog};
 use std::io::{self, ErrorKind};
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsFd;
@@ -46,6 +47,11 @@ pub fn serve(
             format!("cannot listen on 127.0.0.1:{port}: {error}"),
         )
     })?;
+    // std listens with a backlog of 128; a burst of connects while the owner is
+    // busy (or off the CPU) would overflow it, and the kernel then drops SYNs that
+    // the clients resend only after a second. SOMAXCONN instead (listen again on a
+    // listening socket only changes its backlog).
+    listen(&listener, Backlog::MAXCONN)?;
     listener.set_nonblocking(true)?;
     let (waker, wakeup) = wake::pair()?;
     let (finished_tx, finished) = mpsc::channel();
