@@ -2,14 +2,17 @@
 //! slow but steady reader would otherwise stretch out, a second signal stops it at
 //! once, the log names the signals that came, and the file stays open while lent
 //! and closes cleanly (exit status 0: `close_wait` succeeded) once the cut send's
-//! loan is back. Every byte the client received is checked against the file.
+//! loan is back (in-process too, where this process's fd table shows the close).
+//! Every byte the client received is checked against the file.
 
 mod io_common;
 mod serve_common;
+mod serve_in_process;
 
-use io_common::{identity, pattern, TempFile};
+use io_common::{identity, open_count, pattern, TempFile};
 use nix::sys::signal::Signal;
 use serve_common::child::{fds_naming, Server};
+use serve_in_process::serve_regions::args::Config;
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::thread::JoinHandle;
@@ -66,7 +69,11 @@ fn assert_cut_prefix(got: &[u8], bytes: &[u8]) -> usize {
 }
 
 fn start_send(server: &Server, file: &TempFile) -> TcpStream {
-    let mut stream = TcpStream::connect(server.addr).unwrap();
+    start_send_to(server.addr, file)
+}
+
+fn start_send_to(addr: std::net::SocketAddr, file: &TempFile) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).unwrap();
     let name = file.path.file_name().unwrap().to_str().unwrap();
     write!(stream, "GET /{name} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
     stream
@@ -211,4 +218,41 @@ fn a_second_signal_stops_at_once_and_each_is_named() {
 
     let received = assert_cut_prefix(&client.join().unwrap(), &bytes);
     println!("the stalled reader got {received} of {FILE} bytes, all correct");
+}
+
+#[test]
+fn a_cut_send_returns_its_loan_and_the_file_closes_once_after_it() {
+    // In-process, so this process's own fd table shows the file open, then closed.
+    let bytes = pattern(FILE);
+    let file = TempFile::with(&bytes);
+    let id = identity(&file.open());
+    let mut config = Config::new(vec![file.path.clone()]);
+    config.drain_timeout = Duration::from_millis(300);
+    let mut server = serve_in_process::Server::start(config);
+    let stream = start_send_to(server.addr, &file);
+    let client = reader(stream, 1 << 20, Duration::ZERO, Duration::from_secs(2));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(open_count(id), 1, "the server's one fd, lent to the send");
+
+    let stopped = Instant::now();
+    server.signal_stop();
+    let report = server.join();
+    let took = stopped.elapsed();
+    println!("in-process stop with a 300 ms drain timeout: {took:?}");
+    assert!(
+        took >= Duration::from_millis(250),
+        "cut before the drain timeout"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "a 300 ms drain took {took:?}"
+    );
+    assert_eq!((report.requests, report.cut, report.failed), (1, 1, 0));
+    // `serve` returned Ok: the one close succeeded, after the cut send's loan was back.
+    assert_eq!(
+        open_count(id),
+        0,
+        "closed once the cut send's loan was back"
+    );
+    assert_cut_prefix(&client.join().unwrap(), &bytes);
 }

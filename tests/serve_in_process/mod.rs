@@ -1,5 +1,6 @@
 //! The serve_regions example run in-process by the tests: its owner loop on a
 //! thread of the test, stopped through a socket pair standing in for the signalfd.
+#![allow(dead_code)] // each test crate uses its own subset
 
 #[allow(dead_code)] // the example's `main` and CLI helpers are not used here
 #[path = "../../examples/serve_regions/main.rs"]
