@@ -14,6 +14,7 @@ use common::{
 };
 use fdlend::{LendError, Lender, Loan, ShardedLender, TimedOut};
 use std::fs::File;
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{mpsc, Arc, Barrier};
@@ -305,4 +306,28 @@ fn a_last_return_racing_the_deadline_closes_exactly_once_or_hands_back() {
         world.assert_closed_once();
     }
     eprintln!("closed in time: {closed}, handed back: {handed_back}");
+}
+
+/// A waker that owns a loan: dropping it returns the loan.
+struct LoanWaker(#[allow(dead_code)] Loan);
+
+impl std::task::Wake for LoanWaker {
+    fn wake(self: Arc<Self>) {}
+}
+
+#[test]
+fn an_aborted_close_future_lets_go_of_its_waker_and_the_loan_it_owns() {
+    let _serial = serial();
+    let (world, lender) = lent_pipe();
+    let holder = Holder::spawn(lender.loan().unwrap());
+    let waker = std::task::Waker::from(Arc::new(LoanWaker(lender.loan().unwrap())));
+    let mut future = lender.close_async();
+    let polled = std::pin::Pin::new(&mut future).poll(&mut std::task::Context::from_waker(&waker));
+    assert!(polled.is_pending());
+    drop(waker);
+    // The handed-back lender counts the holder's loan only: the stored waker (and
+    // its loan) went with the aborted close, not left in the file's close signal.
+    let lender = world.assert_lending(future.abort().expect("not drained"));
+    holder.release();
+    world.assert_second_close_closes_once(lender);
 }
