@@ -67,17 +67,23 @@ impl Slot {
             Some(record) if record.liveness.load().state() != State::Dead => {
                 return Err(LendError::SlotLive { fd })
             }
-            Some(record) => record,
+            Some(record) => {
+                record.set_file(fd, incarnation, max_loans);
+                record
+            }
             None => {
                 let record = pool().take();
-                // Release pairs with `current`'s Acquire (the record's own fields are
-                // published by `open` below).
+                // Written before the record is published: a stale pin that finds it
+                // reads (and refuses with) these fields, never a blank limit.
+                record.set_file(fd, incarnation, max_loans);
+                // Release pairs with `current`'s Acquire: whoever finds the record
+                // sees the fields just written (`open` below publishes them to
+                // whoever finds the word live).
                 self.current
                     .store(ptr::from_ref(record).cast_mut(), Ordering::Release);
                 record
             }
         };
-        record.set_file(fd, incarnation, max_loans);
         match record.liveness.open(max_loans < MAX_LOANS) {
             Ok(()) => {}
             Err(Refusal::Live) => unreachable!("a dead record opened under the slot's lock"),
