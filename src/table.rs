@@ -108,6 +108,7 @@ impl Slot {
     }
 
     /// Moves the next incarnation of this number forward to `to` (never back).
+    #[cfg(any(test, feature = "testing"))]
     pub(crate) fn advance_incarnations(&self, to: u64) {
         let mut next = lock(&self.next_incarnation);
         *next = (*next).max(to);
@@ -203,6 +204,7 @@ impl Table {
     }
 
     /// Moves `fd`'s next incarnation forward to `to` (never back), allocating its slot.
+    #[cfg(any(test, feature = "testing"))]
     pub(crate) fn advance_incarnations(&self, fd: RawFd, to: u64) -> Result<(), LendError> {
         let slot = self
             .get_or_insert(fd)
