@@ -16,9 +16,10 @@
 //! - [`Lender::lend_fd`]: the raw, unsafe token (`BorrowedFd<'static>`) for APIs
 //!   that want a plain fd; [`Lender::lend_raw`] / [`RawLoan`], the checked form.
 //! - Close modes: deferred ([`Lender::close`], or drop), blocking
-//!   ([`Lender::close_wait`]), async ([`Lender::close_async`]), only-if-unlent
-//!   ([`Lender::try_close`], [`Lender::into_owned_fd`]), and revoking
-//!   ([`Lender::close_now`]).
+//!   ([`Lender::close_wait`]), async ([`Lender::close_async`]), bounded (the
+//!   `*_wait_timeout`s and [`CloseFuture::abort`], which hand the lender back in
+//!   [`TimedOut`] if loans are still out), only-if-unlent ([`Lender::try_close`],
+//!   [`Lender::into_owned_fd`]), and revoking ([`Lender::close_now`]).
 //! - [`io`]: a [`LentRegion`] is a loan plus a byte range, read (`pread`,
 //!   O_DIRECT-aware), sent (`sendfile`) or submitted to io_uring on any thread.
 //! - [`ShardedLender`]: per-CPU counts for a file many threads hammer at once.

@@ -331,3 +331,21 @@ fn an_aborted_close_future_lets_go_of_its_waker_and_the_loan_it_owns() {
     holder.release();
     world.assert_second_close_closes_once(lender);
 }
+
+#[test]
+fn a_bounded_wait_on_a_deferred_close_hands_the_closing_back() {
+    let _serial = serial();
+    let (world, lender) = lent_pipe();
+    let holder = Holder::spawn(lender.loan().unwrap());
+    let closing = lender.close();
+    let closing = closing.wait_timeout(SHORT).expect_err("the loan is held");
+    assert!(closing.result().is_none(), "still deferred");
+    assert!(world.listed());
+    assert_eq!(write_end(&world.read), WriteEnd::Open);
+    holder.release();
+    closing
+        .wait_timeout(PLENTY)
+        .expect("the last loan closed it")
+        .expect("close(2)");
+    world.assert_closed_once();
+}

@@ -153,7 +153,11 @@ fn a_registration_racing_a_stale_pin_publishes_a_whole_record() {
         let new = Lender::new(new_write).expect("the number is free");
         pinner.join().unwrap();
         drop(held);
-        assert_eq!(new.outstanding(), 0, "the stale pin left a unit on the new file");
+        assert_eq!(
+            new.outstanding(),
+            0,
+            "the stale pin left a unit on the new file"
+        );
         match new.try_close() {
             Ok(closed) => closed.expect("close(2) of the new fd"),
             Err(lender) => panic!("nothing is lent, yet {lender:?}"),
