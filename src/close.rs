@@ -1,13 +1,14 @@
 //! Finishing a close: who closes the fd once its loans have drained, and how the
-//! owner waits for that (blocking, as a future, or by a handle it checks later).
+//! owner waits for that (blocking, as a future, or by a handle it checks later; the
+//! waits that take the fd, `Reclaim` and `CloseFuture`, are in `reclaim.rs`).
 //!
 //! The liveness word decides *when* (the release that drains the count); this module
 //! decides *who*. A [`CloseSignal`] is left in the file's record before the owner
 //! gives up its reference, so the drainer always finds it.
 //!
 //! No lock here is held while a `Waker` or anything else that can run user code is
-//! dropped or woken: a waker may own the last loan, whose drop drains the file and
-//! comes back here for the same lock.
+//! cloned, woken or dropped: a waker may own the last loan, whose drop drains the
+//! file and comes back here for the same lock.
 
 use crate::error::LendError;
 use crate::fd;
@@ -18,7 +19,7 @@ use std::io;
 use std::os::fd::{IntoRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Who calls `close(2)` once the last loan is back.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -279,6 +280,25 @@ impl Closing {
         match &self.inner {
             ClosingInner::Done(result) => to_io(*result),
             ClosingInner::Pending(signal) => outcome(signal.wait_until(is_closed)?),
+        }
+    }
+
+    /// As [`wait`](Closing::wait), for at most `timeout`: if the last loan is not
+    /// back by then, this `Closing` comes back and the close stays deferred to the
+    /// last loan (a deferred close has no lender left to hand back; for that, use
+    /// [`Lender::close_wait_timeout`](crate::Lender::close_wait_timeout)).
+    pub fn wait_timeout(self, timeout: Duration) -> Result<io::Result<()>, Closing> {
+        let waited = match &self.inner {
+            ClosingInner::Done(result) => return Ok(to_io(*result)),
+            // A deadline beyond what `Instant` holds is no deadline.
+            ClosingInner::Pending(signal) => {
+                signal.wait_until_deadline(is_closed, Instant::now().checked_add(timeout))
+            }
+        };
+        match waited {
+            Ok(Some(stage)) => Ok(outcome(stage)),
+            Ok(None) => Err(self),
+            Err(error) => Ok(Err(error.into())),
         }
     }
 }

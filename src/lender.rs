@@ -159,7 +159,9 @@ impl Lender {
     /// so then the close is deferred to the last of them and
     /// `LendError::LocalLoansOutstanding` is returned (as an `io::Error`; see
     /// [`LendError::from_io`]). A thread that holds a [`Loan`] of this file itself
-    /// would wait forever too: fdlend cannot see that one.
+    /// would wait forever too: fdlend cannot see that one. A loan that may never come
+    /// back (leaked with a task, held by a stuck thread) would block it forever:
+    /// [`close_wait_timeout`](Lender::close_wait_timeout) hands the lender back instead.
     pub fn close_wait(self) -> io::Result<()> {
         match self.reclaim_wait() {
             Ok(fd) => close::close_owned(fd),

@@ -16,9 +16,10 @@
 //! - [`Lender::lend_fd`]: the raw, unsafe token (`BorrowedFd<'static>`) for APIs
 //!   that want a plain fd; [`Lender::lend_raw`] / [`RawLoan`], the checked form.
 //! - Close modes: deferred ([`Lender::close`], or drop), blocking
-//!   ([`Lender::close_wait`]), async ([`Lender::close_async`]), only-if-unlent
-//!   ([`Lender::try_close`], [`Lender::into_owned_fd`]), and revoking
-//!   ([`Lender::close_now`]).
+//!   ([`Lender::close_wait`]), async ([`Lender::close_async`]), bounded (the
+//!   `*_wait_timeout`s and [`CloseFuture::abort`], which hand the lender back in
+//!   [`TimedOut`] if loans are still out), only-if-unlent ([`Lender::try_close`],
+//!   [`Lender::into_owned_fd`]), and revoking ([`Lender::close_now`]).
 //! - [`io`]: a [`LentRegion`] is a loan plus a byte range, read (`pread`,
 //!   O_DIRECT-aware), sent (`sendfile`) or submitted to io_uring on any thread.
 //! - [`ShardedLender`]: per-CPU counts for a file many threads hammer at once.
@@ -104,7 +105,10 @@ static_assertions::const_assert_eq!(std::mem::size_of::<Ticket>(), 16);
 static_assertions::assert_impl_all!(RawLoan: Copy, Send, Sync);
 static_assertions::const_assert_eq!(std::mem::size_of::<LocalLoan>(), 8);
 
-/// Test support, not part of the stable API.
+/// Test support, not part of the stable API and never for production: behind the
+/// non-default `testing` feature (this crate's own tests, loom models and fuzz targets
+/// enable it), since it can use up an fd number's epochs for the life of the process.
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod testing {
     use crate::LendError;
@@ -112,7 +116,8 @@ pub mod testing {
 
     /// Moves fd number `fd`'s next epoch forward to `to` (never back, so no
     /// `(fd, epoch)` pair can ever name two files): lets a test start a number just
-    /// below the end of its epochs instead of registering it 2^64 times.
+    /// below the end of its epochs instead of registering it 2^64 times. Moved to
+    /// the end, the number is refused (`Exhausted`) for the life of the process.
     pub fn advance_epochs(fd: RawFd, to: u64) -> Result<(), LendError> {
         crate::table::global().advance_incarnations(fd, to)
     }

@@ -626,7 +626,8 @@ mod tests {
         word.begin_close();
         assert_eq!(word.release_owner(), Released::Drained);
         assert!(word.reopen().is_err(), "drained: too late");
-        // A pin in flight holds the count up after the last loan's claim failed.
+        // A pin in flight keeps the count above zero as the last loan returns: the
+        // reopen wins, and the pin's give-back then drains nothing.
         let word = open();
         word.acquire_held(any).unwrap();
         word.begin_close();

@@ -67,17 +67,23 @@ impl Slot {
             Some(record) if record.liveness.load().state() != State::Dead => {
                 return Err(LendError::SlotLive { fd })
             }
-            Some(record) => record,
+            Some(record) => {
+                record.set_file(fd, incarnation, max_loans);
+                record
+            }
             None => {
                 let record = pool().take();
-                // Release pairs with `current`'s Acquire (the record's own fields are
-                // published by `open` below).
+                // Written before the record is published: a stale pin that finds it
+                // reads (and refuses with) these fields, never a blank limit.
+                record.set_file(fd, incarnation, max_loans);
+                // Release pairs with `current`'s Acquire: whoever finds the record
+                // sees the fields just written (`open` below publishes them to
+                // whoever finds the word live).
                 self.current
                     .store(ptr::from_ref(record).cast_mut(), Ordering::Release);
                 record
             }
         };
-        record.set_file(fd, incarnation, max_loans);
         match record.liveness.open(max_loans < MAX_LOANS) {
             Ok(()) => {}
             Err(Refusal::Live) => unreachable!("a dead record opened under the slot's lock"),
@@ -102,6 +108,7 @@ impl Slot {
     }
 
     /// Moves the next incarnation of this number forward to `to` (never back).
+    #[cfg(any(test, feature = "testing"))]
     pub(crate) fn advance_incarnations(&self, to: u64) {
         let mut next = lock(&self.next_incarnation);
         *next = (*next).max(to);
@@ -197,6 +204,7 @@ impl Table {
     }
 
     /// Moves `fd`'s next incarnation forward to `to` (never back), allocating its slot.
+    #[cfg(any(test, feature = "testing"))]
     pub(crate) fn advance_incarnations(&self, fd: RawFd, to: u64) -> Result<(), LendError> {
         let slot = self
             .get_or_insert(fd)

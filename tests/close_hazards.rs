@@ -14,7 +14,7 @@ use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, RawWaker, RawWakerVTable, Wake, Waker};
 use std::time::Duration;
 
 /// A waker that owns a loan: dropping the waker returns the loan. `std::task::Wake`
@@ -103,6 +103,100 @@ fn a_closing_polled_with_a_new_waker_drops_the_old_one_without_deadlock() {
         read
     });
     assert_eq!(write_end(&read), WriteEnd::Closed);
+}
+
+/// How many of this process's fds are the pipe `read` belongs to (either end), as
+/// `/proc/self/fd` lists them: each links to `pipe:[inode]`. `None` under Miri,
+/// which emulates no `/proc`.
+fn pipe_ends_open(read: &File) -> Option<usize> {
+    if cfg!(miri) {
+        return None;
+    }
+    let link = format!("pipe:[{}]", nix::sys::stat::fstat(read).unwrap().st_ino);
+    let entries = std::fs::read_dir("/proc/self/fd").unwrap();
+    Some(
+        entries
+            .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+            .filter(|target| target.to_string_lossy() == link)
+            .count(),
+    )
+}
+
+#[test]
+fn a_dropped_closing_drops_a_waker_owning_the_last_loan_and_the_fd_closes() {
+    let read = finishes("dropping Closing", || {
+        let (read, closing) = pending_on_a_waker_owning_the_last_loan(Lender::close);
+        assert_eq!(pipe_ends_open(&read).unwrap_or(2), 2, "both ends open");
+        // Its waker must not stay behind in the file's close signal: it owns the
+        // last loan, so the fd would never close.
+        drop(closing);
+        read
+    });
+    assert_eq!(write_end(&read), WriteEnd::Closed);
+    assert_eq!(
+        pipe_ends_open(&read).unwrap_or(1),
+        1,
+        "only the read end is left"
+    );
+}
+
+/// A waker whose *clone* gives back the last loan (a `RawWakerVTable` is user code
+/// too): cloning it while holding the close lock would deadlock on that lock.
+struct CloneDropsLoan(Mutex<Option<Loan>>);
+
+static CLONE_DROPS_LOAN: RawWakerVTable =
+    RawWakerVTable::new(clone_drops_loan, |_| {}, |_| {}, |_| {});
+
+/// # Safety
+/// `data` points at a live `CloneDropsLoan` (`waker_cloning_drops` makes it so).
+unsafe fn clone_drops_loan(data: *const ()) -> RawWaker {
+    // SAFETY: by this function's contract.
+    let holder = unsafe { &*data.cast::<CloneDropsLoan>() };
+    let loan = holder.0.lock().unwrap().take();
+    drop(loan);
+    RawWaker::new(data, &CLONE_DROPS_LOAN)
+}
+
+type CloseOutcome = Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>>;
+
+#[test]
+fn a_waker_whose_clone_drops_the_last_loan_does_not_deadlock_the_close() {
+    for close in [
+        |lender: Lender| Box::pin(lender.close_async()) as CloseOutcome,
+        |lender: Lender| Box::pin(lender.close()) as CloseOutcome,
+    ] {
+        let read = finishes(
+            "polling with a waker whose clone drops the loan",
+            move || {
+                let (read, write) = pipe();
+                let lender = Lender::try_from(write).unwrap();
+                let holder = Box::new(CloneDropsLoan(Mutex::new(Some(lender.loan().unwrap()))));
+                let data: *const CloneDropsLoan = &*holder;
+                // SAFETY: the vtable's functions only read `holder`, which outlives the
+                // waker and every clone of it (all dropped before `holder` below).
+                let waker =
+                    unsafe { Waker::from_raw(RawWaker::new(data.cast(), &CLONE_DROPS_LOAN)) };
+                let mut future = close(lender);
+                // The poll clones the waker, which returns the last loan: the fd drains
+                // and the same poll (or the next) finds it closed.
+                let mut cx = Context::from_waker(&waker);
+                let polled = future.as_mut().poll(&mut cx);
+                let polled = match polled {
+                    Poll::Ready(result) => result,
+                    Poll::Pending => match future.as_mut().poll(&mut cx) {
+                        Poll::Ready(result) => result,
+                        Poll::Pending => panic!("the loan is back, yet the close is pending"),
+                    },
+                };
+                polled.expect("close(2)");
+                drop(future);
+                drop(waker);
+                drop(holder);
+                read
+            },
+        );
+        assert_eq!(write_end(&read), WriteEnd::Closed);
+    }
 }
 
 /// A lender of a pipe's write end with one local loan alive on this thread.

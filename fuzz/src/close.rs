@@ -10,6 +10,7 @@ use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::task::{Context, Waker};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 /// A `close_async` or `reclaim` future, polled or dropped by later ops.
 pub(crate) enum Wait {
@@ -74,6 +75,32 @@ impl World {
                     .expect_err("reclaim_wait with local loans out");
                 self.lenders.push((lender, inc));
             }
+            CloseMode::CloseWaitTimeout if locals > 0 => {
+                // As `close_wait`: deferred to the local loans, and said so.
+                let error = lender
+                    .close_wait_timeout(Duration::ZERO)
+                    .expect("refused at once, not timed out")
+                    .expect_err("close_wait_timeout with local loans out");
+                let count = locals as usize;
+                let refusal = LendError::LocalLoansOutstanding { fd, count };
+                assert_eq!(LendError::from_io(&error), Some(refusal));
+                self.model.begin_close(inc, false);
+            }
+            CloseMode::CloseWaitTimeout => match lender.close_wait_timeout(Duration::ZERO) {
+                Ok(result) => {
+                    assert!(unlent, "a bounded close closed a lent fd");
+                    result.expect("close(2) of an open fd");
+                    self.model.begin_close(inc, false);
+                }
+                Err(timed_out) => {
+                    assert!(!unlent, "a bounded close timed out with nothing lent");
+                    let outstanding = self.model.outstanding(inc) as usize;
+                    assert_eq!(timed_out.outstanding(), outstanding);
+                    let lender = timed_out.into_inner();
+                    assert_eq!(lender.outstanding(), outstanding);
+                    self.lenders.push((lender, inc));
+                }
+            },
             CloseMode::CloseWait => {
                 let returner = self.hand_off(inc);
                 lender.close_wait().expect("close(2) of an open fd");
@@ -166,7 +193,10 @@ impl World {
             }),
         };
         if own_loans.is_some() {
-            assert!(ready.is_ready(), "a wait on its own local loans refuses at once");
+            assert!(
+                ready.is_ready(),
+                "a wait on its own local loans refuses at once"
+            );
             self.waits.swap_remove(at);
             self.model.incarnations[inc].owner_waits = false;
             return;
@@ -179,6 +209,52 @@ impl World {
         if drained {
             self.waits.swap_remove(at);
             self.model.incarnations[inc].owner_waits = false;
+        }
+    }
+
+    /// `abort()`: the lender back, lending again, unless the loans drained (then the
+    /// future's outcome) or local loans still share the owner's reference (then the
+    /// close is theirs, as when the future is dropped).
+    pub(crate) fn abort_wait(&mut self, wait: Wait, inc: usize) {
+        let incarnation = &self.model.incarnations[inc];
+        let drained = incarnation.phase == Phase::Gone;
+        let own_loans = (incarnation.locals > 0).then_some(LendError::LocalLoansOutstanding {
+            fd: incarnation.fd,
+            count: incarnation.locals_at_close as usize,
+        });
+        let outstanding = self.model.outstanding(inc) as usize;
+        let back = match wait {
+            Wait::Close(future) => future.abort().map_err(|result| match result {
+                Ok(()) => {
+                    assert!(drained, "an abort closed an undrained fd");
+                    self.model.file_of(inc).open = false;
+                }
+                Err(error) => assert_eq!(LendError::from_io(&error), own_loans),
+            }),
+            Wait::Reclaim(future) => future.abort().map_err(|result| match result {
+                Ok(owned) => {
+                    assert!(drained, "an abort took an undrained fd");
+                    assert_eq!(
+                        identity(owned.as_raw_fd()),
+                        Some(self.model.file_of(inc).identity)
+                    );
+                    self.unlent.push((owned, self.model.incarnations[inc].file));
+                }
+                Err(error) => assert_eq!(Some(error), own_loans),
+            }),
+        };
+        match back {
+            Ok(lender) => {
+                assert!(!drained && own_loans.is_none(), "handed back too late");
+                assert_eq!(lender.outstanding(), outstanding);
+                self.model.reopened(inc);
+                self.lenders.push((lender, inc));
+            }
+            Err(()) if drained => self.model.incarnations[inc].owner_waits = false,
+            Err(()) => {
+                assert!(own_loans.is_some(), "not drained, yet not handed back");
+                self.wait_dropped(inc);
+            }
         }
     }
 

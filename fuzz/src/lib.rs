@@ -56,6 +56,9 @@ pub enum CloseMode {
         /// `reclaim()` rather than `close_async()`.
         reclaim: bool,
     },
+    /// `close_wait_timeout(0)` with the loans kept here: closes if nothing is lent,
+    /// else hands the lender back, lending again.
+    CloseWaitTimeout,
 }
 
 /// One step of an input. Indices pick among the live handles of that sort (modulo
@@ -146,6 +149,10 @@ pub enum Op {
         wait: u8,
     },
     DropWait {
+        wait: u8,
+    },
+    /// `abort()` of a close/reclaim future: the lender back if not drained.
+    AbortWait {
         wait: u8,
     },
     /// Opens a file, which takes the lowest free number: often one just closed.

@@ -215,6 +215,17 @@ impl Model {
         }
     }
 
+    /// A bounded close gave up before the drain: the file is lent again.
+    pub(crate) fn reopened(&mut self, inc: usize) {
+        let incarnation = &mut self.incarnations[inc];
+        assert_eq!(
+            incarnation.phase,
+            Phase::Closing,
+            "only a closing file reopens"
+        );
+        (incarnation.phase, incarnation.owner_waits) = (Phase::Open, false);
+    }
+
     fn drained(&mut self, inc: usize) {
         self.incarnations[inc].phase = Phase::Gone;
         if !self.incarnations[inc].owner_waits {

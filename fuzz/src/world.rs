@@ -289,6 +289,12 @@ impl World {
                     self.wait_dropped(inc);
                 }
             }
+            Op::AbortWait { wait } => {
+                if let Some(at) = pick(self.waits.len(), wait) {
+                    let (wait, inc) = self.waits.swap_remove(at);
+                    self.abort_wait(wait, inc);
+                }
+            }
             Op::OpenFile { kind } => {
                 if let Some(opened) = self.open_file(kind) {
                     self.unlent.push(opened);

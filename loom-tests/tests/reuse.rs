@@ -114,3 +114,55 @@ fn reuse_after_close_now(start: Option<u64>) {
     });
     seen.assert_exactly(&["Closed", "Stale", "pinned"]);
 }
+
+/// A registration racing a pin of a stale ticket of the same number: the pin finds
+/// the new record in the slot only with its fields written (identity and loan limit),
+/// so it is refused cleanly and gives its unit back; it never reads a half-made record
+/// (whose limit of 0 would underflow) and never leaves a unit on the new file.
+#[test]
+fn a_registration_racing_a_stale_pin_publishes_a_whole_record() {
+    let seen = Seen::default();
+    let noted = seen.clone();
+    model(move || {
+        let (old_witness, old_write) = pipe();
+        let (new_witness, new_write) = pipe();
+        let old = Lender::new(old_write).unwrap();
+        let number = old.as_raw_fd();
+        let ticket = old.ticket();
+        // Held across the reuse, so the old record is not recycled: the new file
+        // gets a fresh record, published in the slot by its registration.
+        let held = old.loan().unwrap();
+        // SAFETY: nothing does I/O through `held` or a pin of `ticket` from here on.
+        unsafe { old.close_now() }.expect("close(2) of the revoked fd");
+        assert_eq!(old_witness.drain(), (Vec::new(), true));
+        let reused = fcntl(&new_write, FcntlArg::F_DUPFD_CLOEXEC(number)).expect("F_DUPFD");
+        assert_eq!(reused, number, "the model needs the old number back");
+        drop(new_write);
+        // SAFETY: F_DUPFD just created `reused`; nothing else owns it.
+        let new_write = unsafe { OwnedFd::from_raw_fd(reused) };
+
+        let noted = noted.clone();
+        let pinner = thread::spawn(move || {
+            let error = ticket.pin().expect_err("the old file is closed");
+            assert!(
+                matches!(error, LendError::Closed { .. } | LendError::Stale { .. }),
+                "{error:?}"
+            );
+            noted.note(variant(&error));
+        });
+        let new = Lender::new(new_write).expect("the number is free");
+        pinner.join().unwrap();
+        drop(held);
+        assert_eq!(
+            new.outstanding(),
+            0,
+            "the stale pin left a unit on the new file"
+        );
+        match new.try_close() {
+            Ok(closed) => closed.expect("close(2) of the new fd"),
+            Err(lender) => panic!("nothing is lent, yet {lender:?}"),
+        }
+        assert_eq!(new_witness.drain(), (Vec::new(), true));
+    });
+    seen.assert_exactly(&["Closed", "Stale"]);
+}
