@@ -9,6 +9,7 @@ use super::ops::QueueFull;
 use super::table::{is_tagged, Key, OpTable};
 use io_uring::{cqueue, squeue, IoUring};
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::os::fd::OwnedFd;
@@ -40,7 +41,9 @@ pub struct Ring {
     /// A dup of the ring's fd that mailslots hold, made at the first one.
     pub(crate) own_fd: Option<Arc<OwnedFd>>,
     /// CQEs taken off the queue, so user callbacks run with no queue borrowed.
-    reaped: Vec<cqueue::Entry>,
+    /// Each is popped just before it is handled: if user code run for one panics,
+    /// the rest stay here for the next `reap`.
+    reaped: VecDeque<cqueue::Entry>,
 }
 
 /// [`Ring::push_foreign`] refused an entry: it carries fdlend's `user_data` tag, or
@@ -88,7 +91,7 @@ impl Ring {
             files: Rc::new(RefCell::new(FixedTable::default())),
             mailbox: Mailbox::new()?,
             own_fd: None,
-            reaped: Vec::new(),
+            reaped: VecDeque::new(),
         };
         ring.arm_nudge();
         Ok(ring)
@@ -116,6 +119,10 @@ impl Ring {
     /// abandoned op's resources are dropped here, possibly returning a closing
     /// file's last loan), the others go to `foreign`. Then released fixed files
     /// whose ops are all reaped give their loans back. Returns how many were ours.
+    ///
+    /// If user code run here panics (a dropped op's destination `Drop`, `foreign`),
+    /// the CQE that ran it is handled and the others stay queued: catch the panic
+    /// and the next `reap` completes them.
     pub fn reap(&mut self, foreign: impl FnMut(cqueue::Entry)) -> usize {
         let ours = self.record_completions(foreign);
         self.settle_files();
@@ -130,10 +137,12 @@ impl Ring {
     }
 
     fn record_completions(&mut self, mut foreign: impl FnMut(cqueue::Entry)) -> usize {
-        let mut reaped = std::mem::take(&mut self.reaped);
-        reaped.extend(self.uring.completion());
+        self.reaped.extend(self.uring.completion());
         let mut ours = 0;
-        for cqe in reaped.drain(..) {
+        // One CQE at a time, each recorded before any user code runs for it (a
+        // dropped op's destination, `foreign`): a panic there unwinds out of this
+        // loop with the table whole and the unhandled CQEs still queued.
+        while let Some(cqe) = self.reaped.pop_front() {
             if is_handoff(cqe.user_data()) {
                 self.installed(cqe.user_data(), cqe.result());
                 continue;
@@ -151,7 +160,6 @@ impl Ring {
             // a user's destination runs their code, which may touch this table.
             drop(recorded.freed);
         }
-        self.reaped = reaped;
         ours
     }
 
