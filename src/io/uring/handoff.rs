@@ -17,6 +17,7 @@
 
 use super::error::FixedOpError;
 use super::fixed::{Entry, FixedFile};
+use super::ids::{random_tagged, HANDOFF_TAG};
 use super::ops::{result, Handle};
 use super::ring::Ring;
 use crate::Loan;
@@ -28,18 +29,13 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
-/// The top 16 bits of the `user_data` of a hand-off's CQE on the target ring.
-pub const HANDOFF_TAG: u64 = 0xfd1f;
-
-/// True when `user_data` is a hand-off's CQE.
-pub(crate) fn is_handoff(user_data: u64) -> bool {
-    user_data >> 48 == HANDOFF_TAG
-}
-
 /// What the two rings share about one reserved slot.
 pub(crate) struct Handoff {
     target: Arc<OwnedFd>,
     slot: u32,
+    /// The `user_data` of the install's CQE on the target: the hand-off tag over 48
+    /// random bits, so no other CQE can pass for it.
+    data: u64,
     state: Mutex<Sending>,
 }
 
@@ -143,9 +139,11 @@ impl Ring {
                 "the ring's fixed-file table is full; release a FixedFile first",
             ));
         };
+        let data = random_tagged(HANDOFF_TAG)?;
         let handoff = Arc::new(Handoff {
             target,
             slot,
+            data,
             state: Mutex::new(Sending::default()),
         });
         files.entries[slot as usize] = Entry::Reserved {
@@ -183,7 +181,7 @@ impl Ring {
         let pushed = self.push(Arc::clone(&handoff), Some(src), |handoff| {
             let dest = types::DestinationSlot::try_from_slot_target(dst).expect("a table index");
             let ring = types::Fd(handoff.target.as_raw_fd());
-            let data = HANDOFF_TAG << 48 | u64::from(dst);
+            let data = handoff.data;
             vec![opcode::MsgRingSendFd::new(ring, types::Fixed(src), dest, data).build()]
         });
         match pushed {
@@ -206,29 +204,35 @@ impl Ring {
     }
 
     /// The target side of a hand-off CQE: the file is in the slot; its loan moves
-    /// from the mailslot into the table.
-    pub(crate) fn installed(&mut self, user_data: u64, result: i32) {
-        let slot = (user_data & u64::from(u32::MAX)) as u32;
-        {
-            let mut files = self.files.borrow_mut();
-            let entry = files.entries.get_mut(slot as usize);
-            let Some(Entry::Reserved { handoff, handle }) = entry else {
-                panic!("fdlend: a hand-off CQE for slot {slot}, which expects none");
-            };
-            let loan = handoff.lock().loan.take();
-            let handle = *handle;
-            let (Some(loan), true) = (loan, result >= 0) else {
-                panic!("fdlend: a hand-off CQE for slot {slot} without its loan ({result})");
-            };
-            files.entries[slot as usize] = Entry::Live {
-                fd: loan.as_raw_fd(),
-                loan: Some(loan),
-                ops: 0,
-                handle,
-                registered: true,
-                revoked: false,
-            };
-            files.dirty.push(slot);
+    /// from the mailslot into the table. False, touching nothing, for a CQE that
+    /// names no hand-off on its way here (a forged tag: it goes to `foreign`).
+    pub(crate) fn installed(&mut self, user_data: u64, result: i32) -> bool {
+        let mut files = self.files.borrow_mut();
+        let found = files.entries.iter().position(
+            |entry| matches!(entry, Entry::Reserved { handoff, .. } if handoff.data == user_data),
+        );
+        let Some(slot) = found else {
+            return false;
+        };
+        let Entry::Reserved { handoff, handle } = &files.entries[slot] else {
+            unreachable!("found Reserved above")
+        };
+        let mut sending = handoff.lock();
+        if result < 0 || !sending.pushed || sending.loan.is_none() {
+            return false;
         }
+        let loan = sending.loan.take().expect("checked above");
+        drop(sending);
+        let handle = *handle;
+        files.entries[slot] = Entry::Live {
+            fd: loan.as_raw_fd(),
+            loan: Some(loan),
+            ops: 0,
+            handle,
+            registered: true,
+            revoked: false,
+        };
+        files.dirty.push(slot as u32);
+        true
     }
 }

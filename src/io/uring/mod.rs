@@ -85,6 +85,7 @@ mod error;
 mod fixed;
 mod fixed_ops;
 mod handoff;
+mod ids;
 mod inbox;
 mod ops;
 mod ring;
@@ -94,13 +95,15 @@ pub use cancel::{cancel_in_flight, cancel_then_close, Cancelled, Cancelling, Rin
 pub use error::{FixedOpError, FixedOpRefused, RegisterRefused};
 pub use fixed::{FixedFile, DEFAULT_FIXED_FILES};
 pub use fixed_ops::{FixedReadDone, FixedReadOp, FixedSendDone, FixedSendOp};
-pub use handoff::{HandOffOp, Mailslot, HANDOFF_TAG};
+pub use handoff::{HandOffOp, Mailslot};
+pub use ids::{HANDOFF_TAG, USER_DATA_TAG};
 pub use ops::{OwnedBuf, QueueFull, ReadDone, ReadOp, SendDone, SendOp, SendRefused};
 pub use ring::{ForeignPushError, Ring};
-pub use table::USER_DATA_TAG;
 
-/// True when `user_data` carries fdlend's tag (one of its ops): such CQEs only
-/// ever come from a [`Ring`], which reaps them itself.
+/// True when `user_data` carries fdlend's op tag. Such CQEs come from a
+/// [`Ring`]'s own ops, which it completes itself; one whose id names none of them
+/// (forged, or from an SQE that bypassed [`Ring::push_foreign`]) goes to `reap`'s
+/// `foreign` callback.
 pub fn is_ours(user_data: u64) -> bool {
-    table::is_tagged(user_data)
+    ids::is_tagged(user_data)
 }

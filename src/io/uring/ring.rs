@@ -3,10 +3,10 @@
 //! were pushed to, exactly once, so no completion can reach another table's op.
 
 use super::fixed::FixedTable;
-use super::handoff::is_handoff;
+use super::ids::{is_handoff, is_tagged};
 use super::inbox::Mailbox;
 use super::ops::QueueFull;
-use super::table::{is_tagged, Key, OpTable};
+use super::table::{Key, OpTable};
 use io_uring::{cqueue, squeue, IoUring};
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -80,14 +80,17 @@ impl Ring {
     }
 
     /// Takes over a ring built by the caller (with its own setup flags). From now
-    /// on it is reached only through this `Ring`, so its table is the only one.
+    /// on it is reached only through this `Ring`, so its table is the only one, and
+    /// every other SQE goes through [`push_foreign`](Ring::push_foreign). Entries
+    /// the caller queued before cannot pass for fdlend's ops: op ids are sealed with
+    /// a random key of this ring, and CQEs naming no op go to `reap`'s `foreign`.
     /// The ring keeps one read of its own armed (the cancel inbox's eventfd, see
     /// [`cancel_then_close`](super::cancel_then_close)); fails only if that
     /// eventfd cannot be made.
     pub fn with_ring(uring: IoUring) -> io::Result<Ring> {
         let mut ring = Ring {
             uring,
-            ops: Rc::new(RefCell::new(OpTable::default())),
+            ops: Rc::new(RefCell::new(OpTable::new()?)),
             files: Rc::new(RefCell::new(FixedTable::default())),
             mailbox: Mailbox::new()?,
             own_fd: None,
@@ -143,16 +146,20 @@ impl Ring {
         // dropped op's destination, `foreign`): a panic there unwinds out of this
         // loop with the table whole and the unhandled CQEs still queued.
         while let Some(cqe) = self.reaped.pop_front() {
-            if is_handoff(cqe.user_data()) {
-                self.installed(cqe.user_data(), cqe.result());
+            let data = cqe.user_data();
+            if is_handoff(data) && self.installed(data, cqe.result()) {
                 continue;
             }
-            if !is_tagged(cqe.user_data()) {
+            let recorded = match is_tagged(data) {
+                true => self.ops.borrow_mut().record(data, cqe.result()),
+                false => None,
+            };
+            // Not one of ours, or a forged tag that names no pending op.
+            let Some(recorded) = recorded else {
                 foreign(cqe);
                 continue;
-            }
+            };
             ours += 1;
-            let recorded = self.ops.borrow_mut().record(cqe.user_data(), cqe.result());
             if let Some(slot) = recorded.fixed_done {
                 self.files.borrow_mut().op_done(slot);
             }
@@ -177,9 +184,9 @@ impl Ring {
     ///   open or accept into a slot): fdlend's ops and slots name those and count
     ///   on them staying the files their loans hold.
     /// - If it is an `IORING_OP_MSG_RING`, the CQE it posts on the target ring does
-    ///   not carry fdlend's tags (`0xfd1e`, `0xfd1f` in the top 16 bits): a ring
-    ///   takes such a CQE for the completion of one of its ops or hand-offs (and
-    ///   panics if it names none).
+    ///   not carry fdlend's tags (`0xfd1e`, `0xfd1f` in the top 16 bits): only a
+    ///   ring's own ops and hand-offs may use them (a tagged CQE that names none of
+    ///   them goes to `foreign`, but one must not try to pass for them).
     pub unsafe fn push_foreign(&mut self, entry: &squeue::Entry) -> Result<(), ForeignPushError> {
         let data = entry.get_user_data();
         if is_tagged(data) || is_handoff(data) {

@@ -2,22 +2,15 @@
 //! their SQEs. Only [`Ring`](super::Ring) makes one, and a ring owns exactly one, so
 //! a CQE can only ever be recorded by the table whose ops produced it.
 
+use super::ids::{is_tagged, IdKey};
 use std::any::Any;
+use std::io;
 use std::os::fd::RawFd;
 
-/// The top 16 bits of every `user_data` fdlend puts on an SQE.
-pub const USER_DATA_TAG: u64 = 0xfd1e;
-
-const TAG_SHIFT: u32 = 48;
 const GEN_SHIFT: u32 = 24;
 const STAGE_SHIFT: u32 = 23;
 const GEN_MASK: u64 = 0xff_ffff;
 const INDEX_MASK: u64 = (1 << STAGE_SHIFT) - 1;
-
-/// True when `user_data` carries fdlend's tag.
-pub(crate) fn is_tagged(user_data: u64) -> bool {
-    user_data >> TAG_SHIFT == USER_DATA_TAG
-}
 
 /// What an op left in the table: the resources the kernel may touch, and the
 /// results of its SQEs as their CQEs arrive.
@@ -25,7 +18,8 @@ enum State {
     Vacant,
     InFlight {
         resources: Box<dyn Any>,
-        left: u8,
+        /// One bit per stage whose CQE has not been recorded yet.
+        pending: u8,
         results: [i32; 2],
         abandoned: bool,
         fixed: Option<u32>,
@@ -60,14 +54,25 @@ pub(crate) struct Recorded {
     pub(crate) fixed_done: Option<u32>,
 }
 
-#[derive(Default)]
 pub(crate) struct OpTable {
     slots: Vec<Slot>,
     free: Vec<usize>,
     in_flight: usize,
+    /// Seals every id this table hands out (see ids.rs).
+    key: IdKey,
 }
 
 impl OpTable {
+    /// An empty table with a fresh random key; fails only if getrandom(2) does.
+    pub(crate) fn new() -> io::Result<OpTable> {
+        Ok(OpTable {
+            slots: Vec::new(),
+            free: Vec::new(),
+            in_flight: 0,
+            key: IdKey::random()?,
+        })
+    }
+
     /// Ops whose last CQE has not been recorded yet.
     pub(crate) fn in_flight(&self) -> usize {
         self.in_flight
@@ -80,7 +85,7 @@ impl OpTable {
         assert!(sqes == 1 || sqes == 2, "fdlend: an op has one or two SQEs");
         let state = State::InFlight {
             resources,
-            left: sqes,
+            pending: (1 << sqes) - 1,
             results: [0; 2],
             abandoned: false,
             fixed,
@@ -139,10 +144,9 @@ impl OpTable {
 
     /// The `user_data` for stage `stage` (0 or 1) of the op at `key`.
     pub(crate) fn user_data(&self, key: Key, stage: u64) -> u64 {
-        USER_DATA_TAG << TAG_SHIFT
-            | (key.generation & GEN_MASK) << GEN_SHIFT
-            | stage << STAGE_SHIFT
-            | key.index as u64
+        self.key.seal(
+            (key.generation & GEN_MASK) << GEN_SHIFT | stage << STAGE_SHIFT | key.index as u64,
+        )
     }
 
     fn slot(&mut self, key: Key) -> Option<&mut Slot> {
@@ -160,35 +164,39 @@ impl OpTable {
         Some(state)
     }
 
-    /// Records one tagged CQE of this table's ring.
-    ///
-    /// Panics if it names no in-flight op: the ring only carries SQEs this table
-    /// tagged (foreign pushes with our tag are refused), each CQE is recorded once,
-    /// and a slot is freed only after its last CQE, so such a CQE means a broken
-    /// invariant, and recording it anyway could hand a live buffer back.
-    pub(crate) fn record(&mut self, user_data: u64, result: i32) -> Recorded {
+    /// Records one tagged CQE of this table's ring, or returns `None`, recording
+    /// nothing, if its id opens to no stage of an in-flight op still waiting for
+    /// its CQE: a forged or foreign tag (an SQE pushed before the ring was taken,
+    /// a `MSG_RING` data message), which must never finish an op whose buffer the
+    /// kernel may still write. fdlend's own CQEs always name a pending stage: each
+    /// is recorded once, and a slot is freed only after its last one.
+    pub(crate) fn record(&mut self, user_data: u64, result: i32) -> Option<Recorded> {
         debug_assert!(is_tagged(user_data));
+        let id = self.key.open(user_data);
         let key = Key {
-            index: (user_data & INDEX_MASK) as usize,
-            generation: (user_data >> GEN_SHIFT) & GEN_MASK,
+            index: (id & INDEX_MASK) as usize,
+            generation: (id >> GEN_SHIFT) & GEN_MASK,
         };
-        let stage = ((user_data >> STAGE_SHIFT) & 1) as usize;
+        let stage = ((id >> STAGE_SHIFT) & 1) as usize;
         let Some(State::InFlight {
-            left,
+            pending,
             results,
             abandoned,
             ..
         }) = self.slot(key).map(|slot| &mut slot.state)
         else {
-            panic!("fdlend: a CQE {user_data:#x} names no in-flight op of this ring");
+            return None;
         };
+        if *pending & (1 << stage) == 0 {
+            return None;
+        }
+        *pending &= !(1 << stage);
         results[stage] = result;
-        *left -= 1;
-        if *left > 0 {
-            return Recorded {
+        if *pending != 0 {
+            return Some(Recorded {
                 freed: None,
                 fixed_done: None,
-            };
+            });
         }
         let abandoned = *abandoned;
         self.in_flight -= 1;
@@ -204,16 +212,16 @@ impl OpTable {
         };
         if abandoned {
             self.vacate(key);
-            return Recorded {
+            return Some(Recorded {
                 freed: Some(resources),
                 fixed_done: fixed,
-            };
+            });
         }
         slot.state = State::Done { resources, results };
-        Recorded {
+        Some(Recorded {
             freed: None,
             fixed_done: fixed,
-        }
+        })
     }
 
     /// The finished op's resources and results, or `None` while it is in flight.
