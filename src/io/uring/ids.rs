@@ -109,7 +109,7 @@ mod tests {
     fn sealing_is_a_permutation_its_opening_undoes() {
         let key = IdKey::random().unwrap();
         let mut seen = std::collections::HashSet::new();
-        for id in (0..4096).chain([ID_MASK, ID_MASK - 1, 1 << 47, 0xabc_def12_3456]) {
+        for id in (0..4096).chain([ID_MASK, ID_MASK - 1, 1 << 47, 0xabcd_ef12_3456]) {
             let sealed = key.seal(id);
             assert!(is_tagged(sealed));
             assert_eq!(key.open(sealed), id);
