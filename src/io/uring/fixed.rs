@@ -230,10 +230,15 @@ impl FixedTable {
         for slot in std::mem::take(&mut self.dirty) {
             let entry = &mut self.entries[slot as usize];
             if let Entry::Reserved { handoff, handle } = entry {
-                // Given up before any file was sent: nothing can arrive any more.
-                if !*handle && handoff.abandoned() {
-                    *entry = Entry::Vacant;
-                    self.free.push(slot);
+                if !*handle {
+                    if handoff.abandoned() {
+                        // Given up, and nothing can arrive any more.
+                        *entry = Entry::Vacant;
+                        self.free.push(slot);
+                    } else {
+                        // A send may still come, or fail on another ring: look again.
+                        still_dirty.push(slot);
+                    }
                 }
                 continue;
             }

@@ -23,6 +23,7 @@ use super::ring::Ring;
 use crate::Loan;
 use io_uring::{opcode, types};
 use nix::errno::Errno;
+use std::any::Any;
 use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -57,6 +58,26 @@ impl Handoff {
     fn lock(&self) -> std::sync::MutexGuard<'_, Sending> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// No file will arrive: the loan on its way comes back (to drop outside the
+    /// table's borrow), and the target may free its slot once the mailslot is gone.
+    fn failed(&self) -> Option<Loan> {
+        let mut sending = self.lock();
+        sending.pushed = false;
+        sending.loan.take()
+    }
+}
+
+/// The `MSG_RING`'s `OnDone` (table.rs): a refused send gives back its loan at once, even
+/// when no one holds the [`HandOffOp`] any more.
+fn sent(resources: &mut dyn Any, results: &[i32; 2]) -> Option<Box<dyn Any>> {
+    if results[0] >= 0 {
+        return None;
+    }
+    let handoff = resources
+        .downcast_ref::<Arc<Handoff>>()
+        .expect("a hand-off op parks its Handoff");
+    Some(Box::new(handoff.failed()?))
 }
 
 /// Where another ring can send a registered file: `Send`, give it to the owner's
@@ -94,15 +115,8 @@ impl HandOffOp {
         };
         Ok(match result(results[0]) {
             Ok(_) => Ok(()),
-            Err(errno) => {
-                let loan = {
-                    let mut sending = handoff.lock();
-                    sending.pushed = false;
-                    sending.loan.take()
-                };
-                drop(loan);
-                Err((errno, Mailslot { handoff }))
-            }
+            // The op's `sent` already gave the loan back.
+            Err(errno) => Err((errno, Mailslot { handoff })),
         })
     }
 }
@@ -186,18 +200,14 @@ impl Ring {
         });
         match pushed {
             Ok(key) => {
+                self.ops.borrow_mut().on_done(key, sent);
                 self.files.borrow_mut().op_pushed(src);
                 Ok(HandOffOp {
                     handle: Handle::new(self, key),
                 })
             }
             Err(_) => {
-                let loan = {
-                    let mut sending = handoff.lock();
-                    sending.pushed = false;
-                    sending.loan.take()
-                };
-                drop(loan);
+                drop(handoff.failed());
                 Err((FixedOpError::QueueFull, Mailslot { handoff }))
             }
         }

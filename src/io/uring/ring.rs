@@ -165,6 +165,7 @@ impl Ring {
             }
             // Outside the borrow: dropping a loan may close the file, and dropping
             // a user's destination runs their code, which may touch this table.
+            drop(recorded.released);
             drop(recorded.freed);
         }
         ours

@@ -23,6 +23,8 @@ enum State {
         results: [i32; 2],
         abandoned: bool,
         fixed: Option<u32>,
+        /// Runs at the op's last CQE, handled or abandoned (see [`OnDone`]).
+        on_done: Option<OnDone>,
         /// For a send: the lent file's fd, which a cancel by fd cannot match
         /// (splices name their pipe), so a cancel-then-close cancels it by id.
         send_of: Option<RawFd>,
@@ -45,11 +47,19 @@ pub(crate) struct Key {
     generation: u64,
 }
 
+/// What an op must do the moment its last CQE is recorded, whether or not its
+/// handle is still there to look (a failed hand-off gives back its loan): it gets
+/// the parked resources and results and returns what to drop once the table is no
+/// longer borrowed. Only fdlend's own code: it runs under the table's borrow.
+pub(crate) type OnDone = fn(&mut dyn Any, &[i32; 2]) -> Option<Box<dyn Any>>;
+
 /// What recording one CQE did.
 pub(crate) struct Recorded {
     /// Resources of an abandoned op whose last CQE this was: drop them outside
     /// the table's borrow.
     pub(crate) freed: Option<Box<dyn Any>>,
+    /// What the op's [`OnDone`] gave back, to drop outside the borrow too.
+    pub(crate) released: Option<Box<dyn Any>>,
     /// The fixed-file slot the op used, once its last CQE is in.
     pub(crate) fixed_done: Option<u32>,
 }
@@ -89,6 +99,7 @@ impl OpTable {
             results: [0; 2],
             abandoned: false,
             fixed,
+            on_done: None,
             send_of: None,
         };
         let index = match self.free.pop() {
@@ -112,6 +123,13 @@ impl OpTable {
         Key {
             index,
             generation: slot.generation,
+        }
+    }
+
+    /// Sets what the op at `key` does at its last CQE.
+    pub(crate) fn on_done(&mut self, key: Key, hook: OnDone) {
+        if let Some(State::InFlight { on_done, .. }) = self.slot(key).map(|slot| &mut slot.state) {
+            *on_done = Some(hook);
         }
     }
 
@@ -195,6 +213,7 @@ impl OpTable {
         if *pending != 0 {
             return Some(Recorded {
                 freed: None,
+                released: None,
                 fixed_done: None,
             });
         }
@@ -202,24 +221,28 @@ impl OpTable {
         self.in_flight -= 1;
         let slot = self.slot(key).expect("found above");
         let State::InFlight {
-            resources,
+            mut resources,
             results,
             fixed,
+            on_done,
             ..
         } = std::mem::replace(&mut slot.state, State::Vacant)
         else {
             unreachable!("matched InFlight above")
         };
+        let released = on_done.and_then(|hook| hook(&mut *resources, &results));
         if abandoned {
             self.vacate(key);
             return Some(Recorded {
                 freed: Some(resources),
+                released,
                 fixed_done: fixed,
             });
         }
         slot.state = State::Done { resources, results };
         Some(Recorded {
             freed: None,
+            released,
             fixed_done: fixed,
         })
     }
