@@ -16,18 +16,20 @@
 //! file cannot be interrupted, and its loan keeps `close_wait` waiting until the
 //! call returns by itself. A ring whose thread never reaps again never answers.
 
-use super::inbox::{ask_every_ring, Inbox, RINGS_HERE};
+use super::inbox::{ask_every_ring, withdraw_everywhere, Inbox, RINGS_HERE};
 use super::ring::Ring;
-use crate::Lender;
+use super::table::FileId;
+use crate::{Lender, Loan};
 use std::cell::Cell;
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Condvar, Mutex};
 
 /// One closer's request, shared by every ring it was sent to.
 pub(crate) struct CancelRequest {
-    pub(crate) fd: RawFd,
+    /// The file, by identity: never the next file to get its number.
+    pub(crate) file: FileId,
     pub(crate) state: Mutex<Tally>,
     answered: Condvar,
     /// The asking thread's own ring, nudged at the last answer: it reaps while it
@@ -40,16 +42,43 @@ pub(crate) struct Tally {
     pub(crate) waiting_for: usize,
     rings: usize,
     cancelled: usize,
+    /// A loan of the file, held until the last ring answers: while a ring may
+    /// still cancel by the file's number, that number names no other file. `None`
+    /// if the lender was at its loan limit (rings then cancel by id).
+    loan: Option<Loan>,
+    /// The closer gave up waiting: rings that pick the request up later skip it.
+    withdrawn: bool,
 }
 
 impl CancelRequest {
-    fn new(fd: RawFd, wake: Option<Arc<Inbox>>) -> Arc<CancelRequest> {
+    fn new(lender: &Lender, wake: Option<Arc<Inbox>>) -> Arc<CancelRequest> {
+        let file = FileId {
+            fd: lender.as_raw_fd(),
+            epoch: lender.epoch(),
+        };
         Arc::new(CancelRequest {
-            fd,
-            state: Mutex::new(Tally::default()),
+            file,
+            state: Mutex::new(Tally {
+                loan: lender.loan().ok(),
+                ..Tally::default()
+            }),
             answered: Condvar::new(),
             wake,
         })
+    }
+
+    fn tally(&self) -> std::sync::MutexGuard<'_, Tally> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True while the request's loan keeps the file's number naming it.
+    pub(crate) fn holds_loan(&self) -> bool {
+        self.tally().loan.is_some()
+    }
+
+    /// True once the closer stopped waiting for it.
+    pub(crate) fn is_withdrawn(&self) -> bool {
+        self.tally().withdrawn
     }
 
     /// Counts ops a cancel by id ended.
@@ -69,15 +98,28 @@ impl CancelRequest {
 
     /// A ring is done with this request, having cancelled `cancelled` ops.
     pub(crate) fn answer(&self, cancelled: usize) {
-        let mut tally = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        tally.waiting_for -= 1;
+        let mut tally = self.tally();
         tally.rings += 1;
         tally.cancelled += cancelled;
-        if tally.waiting_for == 0 {
-            self.answered.notify_all();
-            if let Some(inbox) = &self.wake {
-                inbox.nudge();
-            }
+        drop(tally);
+        self.no_longer_waiting_for(1);
+    }
+
+    /// `rings` rings will not answer (any more); at the last, the loan goes and
+    /// the closer wakes.
+    fn no_longer_waiting_for(&self, rings: usize) {
+        let mut tally = self.tally();
+        tally.waiting_for -= rings;
+        if tally.waiting_for > 0 || rings == 0 {
+            return;
+        }
+        let loan = tally.loan.take();
+        drop(tally);
+        // Outside the lock: the last loan of a closing file closes it here.
+        drop(loan);
+        self.answered.notify_all();
+        if let Some(inbox) = &self.wake {
+            inbox.nudge();
         }
     }
 }
@@ -101,7 +143,7 @@ impl Ring {
             return Err(RingOnThisThread(lender));
         }
         let own = Arc::clone(&self.mailbox.inbox);
-        let request = CancelRequest::new(lender.as_raw_fd(), Some(Arc::clone(&own)));
+        let request = CancelRequest::new(&lender, Some(Arc::clone(&own)));
         request
             .state
             .lock()
@@ -156,10 +198,28 @@ impl Cancelling {
     }
 }
 
+impl Drop for Cancelling {
+    /// Withdraws the request: rings that have not picked it up never will, and
+    /// those serving it answer as before; its loan goes at the last answer, so a
+    /// dropped cancel never reaches a later file on the same number.
+    fn drop(&mut self) {
+        {
+            let mut tally = self.request.tally();
+            if tally.waiting_for == 0 {
+                return;
+            }
+            tally.withdrawn = true;
+        }
+        let left = withdraw_everywhere(&self.request);
+        self.request.no_longer_waiting_for(left);
+    }
+}
+
 impl fmt::Debug for Cancelling {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Cancelling")
-            .field("fd", &self.request.fd)
+            .field("fd", &self.request.file.fd)
+            .field("epoch", &self.request.file.epoch)
             .finish()
     }
 }
@@ -183,11 +243,16 @@ impl<T: fmt::Debug> std::error::Error for RingOnThisThread<T> {}
 /// `lender`'s file (`IORING_ASYNC_CANCEL_FD | IORING_ASYNC_CANCEL_ALL`) and to
 /// revoke the file's fixed slots. Returns at once; [`Cancelling::wait`] blocks
 /// until every ring answered. Ops pushed after a ring answered are not cancelled.
+///
+/// The request names the file by identity and holds one loan of it until every
+/// ring has answered (so `close_wait` waits for that too). Dropping the
+/// [`Cancelling`] withdraws it: rings that have not picked it up never act on it,
+/// and its loan returns as soon as those already serving it answer.
 pub fn cancel_in_flight(lender: &Lender) -> Result<Cancelling, RingOnThisThread<()>> {
     if RINGS_HERE.with(Cell::get) > 0 {
         return Err(RingOnThisThread(()));
     }
-    let request = CancelRequest::new(lender.as_raw_fd(), None);
+    let request = CancelRequest::new(lender, None);
     ask_every_ring(&request, None);
     Ok(Cancelling { request })
 }

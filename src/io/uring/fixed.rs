@@ -14,11 +14,12 @@
 use super::error::{FixedOpError, RegisterRefused};
 use super::handoff::Handoff;
 use super::ring::Ring;
+use super::table::FileId;
 use crate::Loan;
 use std::cell::RefCell;
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -37,7 +38,6 @@ pub(crate) enum Entry {
     Live {
         /// `None` once dropped (unregistered and no op left).
         loan: Option<Loan>,
-        fd: RawFd,
         /// Ops pushed with this slot whose last CQE is not reaped yet.
         ops: usize,
         /// The user's `FixedFile` still exists.
@@ -137,10 +137,12 @@ impl FixedTable {
         }
     }
 
-    /// The fd of the file registered in `slot`.
-    pub(crate) fn fd_of(&self, slot: u32) -> Option<RawFd> {
+    /// The file registered in `slot`, by identity.
+    pub(crate) fn file_of(&self, slot: u32) -> Option<FileId> {
         match self.entries.get(slot as usize)? {
-            Entry::Live { fd, .. } => Some(*fd),
+            Entry::Live {
+                loan: Some(loan), ..
+            } => Some(FileId::of(loan)),
             _ => None,
         }
     }
@@ -161,20 +163,20 @@ impl FixedTable {
         }
     }
 
-    /// Marks every live slot holding `fd` revoked; returns those still registered
-    /// (to cancel their ops by slot).
-    pub(crate) fn revoke_fd(&mut self, fd: RawFd) -> Vec<u32> {
+    /// Marks every live slot holding `file` revoked; returns those still
+    /// registered. By identity: a slot holding a later file on the same number is
+    /// untouched.
+    pub(crate) fn revoke(&mut self, file: FileId) -> Vec<u32> {
         let mut slots = Vec::new();
         for (slot, entry) in self.entries.iter_mut().enumerate() {
             if let Entry::Live {
-                fd: held,
                 revoked,
                 registered,
-                loan: Some(_),
+                loan: Some(loan),
                 ..
             } = entry
             {
-                if *held == fd && !*revoked {
+                if FileId::of(loan) == file && !*revoked {
                     *revoked = true;
                     if *registered {
                         slots.push(slot as u32);
@@ -315,7 +317,6 @@ impl Ring {
         }
         self.files.borrow_mut().entries[slot as usize] = Entry::Live {
             loan: Some(loan),
-            fd,
             ops: 0,
             handle: true,
             registered: true,

@@ -123,6 +123,9 @@ impl Ring {
                 back: full.0,
             })?;
         self.files.borrow_mut().op_pushed(slot);
+        if let Some(file) = self.files.borrow().file_of(slot) {
+            self.ops.borrow_mut().mark_file(key, file, false);
+        }
         Ok(FixedReadOp {
             handle: Handle::new(self, key),
         })
@@ -175,8 +178,8 @@ impl Ring {
                 back: full.0 .0,
             })?;
         self.files.borrow_mut().op_pushed(slot);
-        if let Some(fd) = self.files.borrow().fd_of(slot) {
-            self.ops.borrow_mut().mark_send(key, fd);
+        if let Some(file) = self.files.borrow().file_of(slot) {
+            self.ops.borrow_mut().mark_file(key, file, true);
         }
         Ok(FixedSendOp {
             handle: Handle::new(self, key),

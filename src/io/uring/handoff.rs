@@ -235,7 +235,6 @@ impl Ring {
         drop(sending);
         let handle = *handle;
         files.entries[slot] = Entry::Live {
-            fd: loan.as_raw_fd(),
             loan: Some(loan),
             ops: 0,
             handle,

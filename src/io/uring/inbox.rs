@@ -145,14 +145,31 @@ impl Ring {
     }
 
     /// Pushes and submits the cancel for one request and revokes the file's fixed
-    /// slots; the answer goes out when the cancel's CQE is reaped.
+    /// slots; the answer goes out when the cancel's CQE is reaped. The file is
+    /// named by identity throughout: while the request holds its loan (until the
+    /// last ring answers) its number can name no other file, so one cancel by fd
+    /// reaches exactly its ops; without one (the lender was at its loan limit)
+    /// each of its ops here is cancelled by id.
     pub(crate) fn serve_request(&mut self, request: Arc<CancelRequest>) {
-        let fd = request.fd;
+        if request.is_withdrawn() {
+            request.answer(0);
+            return;
+        }
+        let file = request.file;
+        let by_fd = request.holds_loan();
         // Sends first, by id: their splices name their pipe, which no cancel by fd
         // matches.
-        self.cancel_sends(fd, Some(&request));
+        self.cancel_sends(file, Some(&request));
+        if !by_fd {
+            self.cancel_by_id(file, Some(false), Some(&request));
+        }
+        // The answer waits for this entry's CQE: the cancel by fd, or a NOP behind
+        // the cancels by id.
         let cancel = |_: &mut ()| {
-            let all = types::CancelBuilder::fd(types::Fd(fd)).all();
+            if !by_fd {
+                return vec![opcode::Nop::new().build()];
+            }
+            let all = types::CancelBuilder::fd(types::Fd(file.fd)).all();
             vec![opcode::AsyncCancel2::new(all).build()]
         };
         let key = match self.push((), None, cancel) {
@@ -169,9 +186,10 @@ impl Ring {
             }
         };
         self.mailbox.serving.push((request, Handle::new(self, key)));
-        // Submitted before the slots go, while the lender keeps `fd` open.
+        // Submitted before the slots go, while the request's loan (or the slots'
+        // own) keeps the number naming this file.
         let _ = self.uring.submit();
-        self.files.borrow_mut().revoke_fd(fd);
+        self.files.borrow_mut().revoke(file);
     }
 
     /// At drop: no request may wait for this ring; its nudge read is cancelled and
@@ -246,4 +264,25 @@ pub(crate) fn ask_every_ring(request: &Arc<CancelRequest>, skip: Option<&Arc<Inb
         drop(queue);
         inbox.nudge();
     }
+}
+
+/// Takes `request` out of every inbox where no ring has picked it up yet; returns
+/// how many it left (the rings that will not answer it).
+pub(crate) fn withdraw_everywhere(request: &Arc<CancelRequest>) -> usize {
+    let inboxes: Vec<Arc<Inbox>> = INBOXES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter_map(Weak::upgrade)
+        .collect();
+    let mut withdrawn = 0;
+    for inbox in inboxes {
+        let mut queue = inbox.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let before = queue.requests.len();
+        queue
+            .requests
+            .retain(|queued| !Arc::ptr_eq(queued, request));
+        withdrawn += before - queue.requests.len();
+    }
+    withdrawn
 }

@@ -2,7 +2,7 @@
 //! pipe through a private pipe. Each parks what the kernel touches in the table.
 
 use super::ring::Ring;
-use super::table::{Key, OpTable};
+use super::table::{FileId, Key, OpTable};
 use crate::io::aligned::AlignedBuf;
 use crate::io::region::LentRegion;
 use io_uring::{opcode, squeue, types};
@@ -237,6 +237,7 @@ impl Ring {
         region: LentRegion,
         buf: B,
     ) -> Result<ReadOp<B>, QueueFull<(LentRegion, B)>> {
+        let file = FileId::of(region.loan());
         let key = self.push((region, buf), None, |(region, buf)| {
             let len = (buf.bytes_len() as u64)
                 .min(region.len())
@@ -246,6 +247,7 @@ impl Ring {
                 .offset(region.offset())
                 .build()]
         })?;
+        self.ops.borrow_mut().mark_file(key, file, false);
         Ok(ReadOp {
             handle: Handle::new(self, key),
         })
@@ -264,7 +266,7 @@ impl Ring {
             Ok(pipe) => pipe,
             Err(errno) => return Err(SendRefused::Pipe { errno, region, out }),
         };
-        let file_fd = region.as_raw_fd();
+        let file = FileId::of(region.loan());
         let key = self
             .push(
                 (region, out, pipe_read, pipe_write),
@@ -289,7 +291,7 @@ impl Ring {
                 },
             )
             .map_err(|QueueFull((region, out, ..))| SendRefused::QueueFull { region, out })?;
-        self.ops.borrow_mut().mark_send(key, file_fd);
+        self.ops.borrow_mut().mark_file(key, file, true);
         Ok(SendOp {
             handle: Handle::new(self, key),
         })

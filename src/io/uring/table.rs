@@ -3,14 +3,32 @@
 //! a CQE can only ever be recorded by the table whose ops produced it.
 
 use super::ids::{is_tagged, IdKey};
+use crate::{Epoch, Loan};
 use std::any::Any;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 const GEN_SHIFT: u32 = 24;
 const STAGE_SHIFT: u32 = 23;
 const GEN_MASK: u64 = 0xff_ffff;
 const INDEX_MASK: u64 = (1 << STAGE_SHIFT) - 1;
+
+/// One lent file, by identity: its number and the incarnation that number had,
+/// which no later file on the number shares (epochs never come back).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FileId {
+    pub(crate) fd: RawFd,
+    pub(crate) epoch: Epoch,
+}
+
+impl FileId {
+    pub(crate) fn of(loan: &Loan) -> FileId {
+        FileId {
+            fd: loan.as_raw_fd(),
+            epoch: loan.epoch(),
+        }
+    }
+}
 
 /// What an op left in the table: the resources the kernel may touch, and the
 /// results of its SQEs as their CQEs arrive.
@@ -25,9 +43,11 @@ enum State {
         fixed: Option<u32>,
         /// Runs at the op's last CQE, handled or abandoned (see [`OnDone`]).
         on_done: Option<OnDone>,
-        /// For a send: the lent file's fd, which a cancel by fd cannot match
-        /// (splices name their pipe), so a cancel-then-close cancels it by id.
-        send_of: Option<RawFd>,
+        /// The lent file the op works on, by identity (a cancel must never reach
+        /// the next file on the same number), and whether it is a send (whose
+        /// splices name their pipe, so no cancel by fd matches it: it is cancelled
+        /// by id).
+        file: Option<(FileId, bool)>,
     },
     Done {
         resources: Box<dyn Any>,
@@ -100,7 +120,7 @@ impl OpTable {
             abandoned: false,
             fixed,
             on_done: None,
-            send_of: None,
+            file: None,
         };
         let index = match self.free.pop() {
             Some(index) => index,
@@ -133,27 +153,37 @@ impl OpTable {
         }
     }
 
-    /// Marks the op at `key` as a send of `fd`'s file.
-    pub(crate) fn mark_send(&mut self, key: Key, fd: RawFd) {
-        if let Some(State::InFlight { send_of, .. }) = self.slot(key).map(|slot| &mut slot.state) {
-            *send_of = Some(fd);
+    /// Marks the op at `key` as one on `file` (a send of it if `send`).
+    pub(crate) fn mark_file(&mut self, key: Key, file: FileId, send: bool) {
+        if let Some(State::InFlight { file: of, .. }) = self.slot(key).map(|slot| &mut slot.state) {
+            *of = Some((file, send));
         }
     }
 
-    /// The `user_data` of both stages of every in-flight send of `fd`'s file.
-    pub(crate) fn sends_of(&self, fd: RawFd) -> Vec<u64> {
+    /// The `user_data` of every stage still waiting for its CQE of every in-flight
+    /// op on `file` (`sends`: `Some(true)` its sends only, `Some(false)` all but
+    /// its sends, `None` all).
+    pub(crate) fn ops_of(&self, file: FileId, sends: Option<bool>) -> Vec<u64> {
         let mut data = Vec::new();
         for (index, slot) in self.slots.iter().enumerate() {
-            if let State::InFlight {
-                send_of: Some(of), ..
+            let State::InFlight {
+                file: Some((of, send)),
+                pending,
+                ..
             } = slot.state
-            {
-                if of == fd {
-                    let key = Key {
-                        index,
-                        generation: slot.generation,
-                    };
-                    data.extend([self.user_data(key, 0), self.user_data(key, 1)]);
+            else {
+                continue;
+            };
+            if of != file || sends.is_some_and(|sends| sends != send) {
+                continue;
+            }
+            let key = Key {
+                index,
+                generation: slot.generation,
+            };
+            for stage in 0..2 {
+                if pending & (1 << stage) != 0 {
+                    data.push(self.user_data(key, stage));
                 }
             }
         }
