@@ -15,11 +15,12 @@ use super::error::{FixedOpError, RegisterRefused};
 use super::handoff::Handoff;
 use super::ring::Ring;
 use super::table::FileId;
+use crate::io::direct::{is_direct, DirectAlignment};
 use crate::Loan;
 use std::cell::RefCell;
 use std::fmt;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -46,6 +47,8 @@ pub(crate) enum Entry {
         registered: bool,
         /// A cancel-then-close took it: no new ops.
         revoked: bool,
+        /// The file's O_DIRECT alignment, if it is O_DIRECT (sends bounce).
+        direct: Option<DirectAlignment>,
     },
 }
 
@@ -143,6 +146,14 @@ impl FixedTable {
             Entry::Live {
                 loan: Some(loan), ..
             } => Some(FileId::of(loan)),
+            _ => None,
+        }
+    }
+
+    /// The O_DIRECT alignment of the file registered in `slot`, if it has one.
+    pub(crate) fn direct_of(&self, slot: u32) -> Option<DirectAlignment> {
+        match self.entries.get(slot as usize)? {
+            Entry::Live { direct, .. } => *direct,
             _ => None,
         }
     }
@@ -276,6 +287,15 @@ impl FixedTable {
     }
 }
 
+/// The O_DIRECT alignment of `loan`'s file, if it is O_DIRECT (asked once, when it
+/// enters a slot; a failed question is taken as "not O_DIRECT").
+pub(crate) fn direct_alignment(loan: &Loan) -> Option<DirectAlignment> {
+    match is_direct(loan.as_fd()) {
+        Ok(true) => DirectAlignment::of(loan.as_fd()).ok(),
+        _ => None,
+    }
+}
+
 impl Ring {
     /// Sizes this ring's fixed-file table (a sparse table of `slots` entries).
     /// Only before the first [`register`](Ring::register), which otherwise
@@ -308,6 +328,7 @@ impl Ring {
             return Err(RegisterRefused::TableFull { loan });
         };
         let fd = loan.as_raw_fd();
+        let direct = direct_alignment(&loan);
         // The loan keeps `fd` open during the call; the kernel takes its own
         // reference to the file, dropped when the slot is updated away and the ops
         // that resolved it are done.
@@ -321,6 +342,7 @@ impl Ring {
             handle: true,
             registered: true,
             revoked: false,
+            direct,
         };
         Ok(FixedFile {
             files: Rc::clone(&self.files),

@@ -16,7 +16,7 @@
 //! reach another ring that reused the number.
 
 use super::error::FixedOpError;
-use super::fixed::{Entry, FixedFile};
+use super::fixed::{direct_alignment, Entry, FixedFile};
 use super::ids::{random_tagged, HANDOFF_TAG};
 use super::ops::{result, Handle};
 use super::ring::Ring;
@@ -234,12 +234,14 @@ impl Ring {
         let loan = sending.loan.take().expect("checked above");
         drop(sending);
         let handle = *handle;
+        let direct = direct_alignment(&loan);
         files.entries[slot] = Entry::Live {
             loan: Some(loan),
             ops: 0,
             handle,
             registered: true,
             revoked: false,
+            direct,
         };
         files.dirty.push(slot as u32);
         true

@@ -79,6 +79,7 @@
 //! # }
 //! ```
 
+mod bounce;
 mod cancel;
 mod cancel_sends;
 mod error;
@@ -89,6 +90,7 @@ mod ids;
 mod inbox;
 mod ops;
 mod ring;
+mod send_ops;
 mod table;
 
 pub use cancel::{cancel_in_flight, cancel_then_close, Cancelled, Cancelling, RingOnThisThread};
@@ -97,8 +99,9 @@ pub use fixed::{FixedFile, DEFAULT_FIXED_FILES};
 pub use fixed_ops::{FixedReadDone, FixedReadOp, FixedSendDone, FixedSendOp};
 pub use handoff::{HandOffOp, Mailslot};
 pub use ids::{HANDOFF_TAG, USER_DATA_TAG};
-pub use ops::{OwnedBuf, QueueFull, ReadDone, ReadOp, SendDone, SendOp, SendRefused};
+pub use ops::{OwnedBuf, QueueFull, ReadDone, ReadOp};
 pub use ring::{ForeignPushError, Ring};
+pub use send_ops::{SendDone, SendOp, SendRefused};
 
 /// True when `user_data` carries fdlend's op tag. Such CQEs come from a
 /// [`Ring`]'s own ops, which it completes itself; one whose id names none of them

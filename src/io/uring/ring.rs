@@ -6,7 +6,7 @@ use super::fixed::FixedTable;
 use super::ids::{is_handoff, is_tagged};
 use super::inbox::Mailbox;
 use super::ops::QueueFull;
-use super::table::{Key, OpTable};
+use super::table::{Key, OpTable, Then};
 use io_uring::{cqueue, squeue, IoUring};
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -44,6 +44,9 @@ pub struct Ring {
     /// Each is popped just before it is handled: if user code run for one panics,
     /// the rest stay here for the next `reap`.
     reaped: VecDeque<cqueue::Entry>,
+    /// Second stages built at a reap that found the submission queue full; pushed
+    /// before the next submit.
+    deferred: VecDeque<squeue::Entry>,
 }
 
 /// [`Ring::push_foreign`] refused an entry: it carries fdlend's `user_data` tag, or
@@ -95,6 +98,7 @@ impl Ring {
             mailbox: Mailbox::new()?,
             own_fd: None,
             reaped: VecDeque::new(),
+            deferred: VecDeque::new(),
         };
         ring.arm_nudge();
         Ok(ring)
@@ -109,12 +113,14 @@ impl Ring {
 
     /// Submits what was pushed; see [`io_uring::Submitter::submit`].
     pub fn submit(&mut self) -> io::Result<usize> {
+        self.push_deferred();
         self.uring.submit()
     }
 
     /// Submits what was pushed and waits until at least `want` CQEs are in the
     /// completion queue (not yet reaped); see [`io_uring::Submitter::submit_and_wait`].
     pub fn submit_and_wait(&mut self, want: usize) -> io::Result<usize> {
+        self.push_deferred();
         self.uring.submit_and_wait(want)
     }
 
@@ -163,6 +169,9 @@ impl Ring {
             if let Some(slot) = recorded.fixed_done {
                 self.files.borrow_mut().op_done(slot);
             }
+            if let Some(next) = recorded.next {
+                self.push_next(next);
+            }
             // Outside the borrow: dropping a loan may close the file, and dropping
             // a user's destination runs their code, which may touch this table.
             drop(recorded.released);
@@ -207,6 +216,29 @@ impl Ring {
         fixed: Option<u32>,
         build: impl FnOnce(&mut R) -> Vec<squeue::Entry>,
     ) -> Result<Key, QueueFull<R>> {
+        self.push_with(resources, fixed, None, build)
+    }
+
+    /// `push` for an op of two stages whose second `then` builds from the first
+    /// one's result: `build` makes stage 0 only; stage 1 is pushed as stage 0's CQE
+    /// is reaped (or its result recorded without a push, see `table::Then`).
+    pub(crate) fn push_then<R: 'static>(
+        &mut self,
+        resources: R,
+        fixed: Option<u32>,
+        then: Then,
+        build: impl FnOnce(&mut R) -> squeue::Entry,
+    ) -> Result<Key, QueueFull<R>> {
+        self.push_with(resources, fixed, Some(then), |r| vec![build(r)])
+    }
+
+    fn push_with<R: 'static>(
+        &mut self,
+        resources: R,
+        fixed: Option<u32>,
+        then: Option<Then>,
+        build: impl FnOnce(&mut R) -> Vec<squeue::Entry>,
+    ) -> Result<Key, QueueFull<R>> {
         let mut boxed = Box::new(resources);
         // The entries point into the box, whose heap address survives the moves below.
         let built = build(&mut boxed);
@@ -215,7 +247,11 @@ impl Ring {
             return Err(QueueFull(*boxed));
         }
         let mut ops = self.ops.borrow_mut();
-        let key = ops.insert(boxed, built.len() as u8, fixed);
+        let stages = built.len() + usize::from(then.is_some());
+        let key = ops.insert(boxed, stages as u8, fixed);
+        if let Some(then) = then {
+            ops.then(key, then);
+        }
         for (stage, entry) in built.into_iter().enumerate() {
             let entry = entry.user_data(ops.user_data(key, stage as u64));
             // SAFETY: every buffer and fd the entry names is owned by the resources
@@ -228,6 +264,27 @@ impl Ring {
             assert!(pushed.is_ok(), "fdlend: the submission queue shrank");
         }
         Ok(key)
+    }
+
+    /// Pushes a stage an op's `Then` built, or keeps it for the next submit if
+    /// the queue is full.
+    fn push_next(&mut self, entry: squeue::Entry) {
+        self.deferred.push_back(entry);
+        self.push_deferred();
+    }
+
+    /// Pushes the stages kept back for want of room, in order, as far as they fit.
+    fn push_deferred(&mut self) {
+        let mut sq = self.uring.submission();
+        while let Some(entry) = self.deferred.front() {
+            // SAFETY: a stage built by an op's `Then` points into the resources
+            // parked in the table under its `user_data`'s key, which stay there
+            // until that stage's CQE is reaped (see `push_with`).
+            if unsafe { sq.push(entry) }.is_err() {
+                break;
+            }
+            self.deferred.pop_front();
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 
 use super::ids::{is_tagged, IdKey};
 use crate::{Epoch, Loan};
+use io_uring::squeue;
 use std::any::Any;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -43,6 +44,8 @@ enum State {
         fixed: Option<u32>,
         /// Runs at the op's last CQE, handled or abandoned (see [`OnDone`]).
         on_done: Option<OnDone>,
+        /// Builds stage 1 from stage 0's result (see [`Then`]).
+        then: Option<Then>,
         /// The lent file the op works on, by identity (a cancel must never reach
         /// the next file on the same number), and whether it is a send (whose
         /// splices name their pipe, so no cancel by fd matches it: it is cancelled
@@ -73,6 +76,13 @@ pub(crate) struct Key {
 /// longer borrowed. Only fdlend's own code: it runs under the table's borrow.
 pub(crate) type OnDone = fn(&mut dyn Any, &[i32; 2]) -> Option<Box<dyn Any>>;
 
+/// How a two-stage op whose second SQE depends on its first one's result (an
+/// O_DIRECT send writes what its read got) makes stage 1 when stage 0's CQE is
+/// recorded: the entry to push (pointing into the parked resources), or the result
+/// to record for stage 1 without pushing anything. Only fdlend's own code: it runs
+/// under the table's borrow.
+pub(crate) type Then = fn(&mut dyn Any, i32) -> Result<squeue::Entry, i32>;
+
 /// What recording one CQE did.
 pub(crate) struct Recorded {
     /// Resources of an abandoned op whose last CQE this was: drop them outside
@@ -82,6 +92,8 @@ pub(crate) struct Recorded {
     pub(crate) released: Option<Box<dyn Any>>,
     /// The fixed-file slot the op used, once its last CQE is in.
     pub(crate) fixed_done: Option<u32>,
+    /// Stage 1 of an op with a [`Then`], its `user_data` set: push it.
+    pub(crate) next: Option<squeue::Entry>,
 }
 
 pub(crate) struct OpTable {
@@ -120,6 +132,7 @@ impl OpTable {
             abandoned: false,
             fixed,
             on_done: None,
+            then: None,
             file: None,
         };
         let index = match self.free.pop() {
@@ -150,6 +163,14 @@ impl OpTable {
     pub(crate) fn on_done(&mut self, key: Key, hook: OnDone) {
         if let Some(State::InFlight { on_done, .. }) = self.slot(key).map(|slot| &mut slot.state) {
             *on_done = Some(hook);
+        }
+    }
+
+    /// Makes the op at `key` build its stage 1 from stage 0's result. Its stage 1
+    /// is not pushed by `push`: the ring pushes what `hook` builds.
+    pub(crate) fn then(&mut self, key: Key, hook: Then) {
+        if let Some(State::InFlight { then, .. }) = self.slot(key).map(|slot| &mut slot.state) {
+            *then = Some(hook);
         }
     }
 
@@ -230,6 +251,8 @@ impl OpTable {
             pending,
             results,
             abandoned,
+            then,
+            resources,
             ..
         }) = self.slot(key).map(|slot| &mut slot.state)
         else {
@@ -240,11 +263,23 @@ impl OpTable {
         }
         *pending &= !(1 << stage);
         results[stage] = result;
+        let mut next = None;
+        if let (Some(hook), 0, true) = (*then, stage, *pending != 0) {
+            match hook(&mut **resources, result) {
+                Ok(entry) => next = Some(entry),
+                Err(skipped) => {
+                    *pending = 0;
+                    results[1] = skipped;
+                }
+            }
+        }
         if *pending != 0 {
+            let next = next.map(|entry| entry.user_data(self.user_data(key, 1)));
             return Some(Recorded {
                 freed: None,
                 released: None,
                 fixed_done: None,
+                next,
             });
         }
         let abandoned = *abandoned;
@@ -267,6 +302,7 @@ impl OpTable {
                 freed: Some(resources),
                 released,
                 fixed_done: fixed,
+                next: None,
             });
         }
         slot.state = State::Done { resources, results };
@@ -274,6 +310,7 @@ impl OpTable {
             freed: None,
             released,
             fixed_done: fixed,
+            next: None,
         })
     }
 
