@@ -10,7 +10,7 @@
 //! got none of the range ends the op with no write, so a send never comes back with
 //! the same range to resume forever.
 
-use super::ops::page_size;
+use super::handle::page_size;
 use crate::io::aligned::AlignedBuf;
 use crate::io::direct::DirectAlignment;
 use io_uring::{opcode, squeue, types};
@@ -36,7 +36,7 @@ impl Pipe {
         let capacity = nix::fcntl::fcntl(write.as_fd(), nix::fcntl::FcntlArg::F_GETPIPE_SZ)
             .ok()
             .and_then(|size| u64::try_from(size).ok())
-            .unwrap_or(super::ops::PIPE_PAGES * page_size());
+            .unwrap_or(super::handle::PIPE_PAGES * page_size());
         Ok(Pipe {
             read,
             write,
@@ -106,7 +106,7 @@ impl Bounce {
 
     /// The bytes of the range the read put in the buffer, or its errno.
     pub(crate) fn filled(&self, read: i32) -> Result<usize, Errno> {
-        super::ops::result(read).map(|_| self.got)
+        super::handle::result(read).map(|_| self.got)
     }
 
     /// The most this op asked for.

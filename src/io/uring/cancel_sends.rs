@@ -6,7 +6,7 @@
 //! them again.
 
 use super::cancel::CancelRequest;
-use super::ops::Handle;
+use super::handle::Handle;
 use super::ring::Ring;
 use super::table::FileId;
 use io_uring::{opcode, types};
@@ -61,7 +61,7 @@ impl Ring {
             let by_id = types::CancelBuilder::user_data(data);
             let pushed = self.push((), None, |_| vec![opcode::AsyncCancel2::new(by_id).build()]);
             if let Ok(key) = pushed {
-                let handle = Handle::new(self, key);
+                let handle = Handle::new(&self.ops, key);
                 self.mailbox.sends.cancels.push((request.cloned(), handle));
             }
         }
@@ -111,7 +111,7 @@ impl Ring {
             vec![opcode::Timeout::new(&**tick as *const types::Timespec).build()]
         });
         if let Ok(key) = pushed {
-            self.mailbox.sends.timer = Some(Handle::new(self, key));
+            self.mailbox.sends.timer = Some(Handle::new(&self.ops, key));
         }
         let _ = self.uring.submit();
     }

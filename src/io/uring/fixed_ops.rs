@@ -4,7 +4,8 @@
 use super::bounce::{write_what_was_read, Bounce, Pipe, ReadFrom};
 use super::error::{FixedOpError, FixedOpRefused};
 use super::fixed::FixedFile;
-use super::ops::{result, Handle, OwnedBuf, QueueFull};
+use super::handle::{result, Handle, QueueFull};
+use super::ops::OwnedBuf;
 use super::ring::Ring;
 use io_uring::{opcode, squeue, types};
 use nix::errno::Errno;
@@ -150,7 +151,7 @@ impl Ring {
             self.ops.borrow_mut().mark_file(key, file, false);
         }
         Ok(FixedReadOp {
-            handle: Handle::new(self, key),
+            handle: Handle::new(&self.ops, key),
         })
     }
 
@@ -181,7 +182,7 @@ impl Ring {
                     bounce.read(ReadFrom::Fixed(slot), dest)
                 })
                 .map_err(|QueueFull((out, _))| queue_full(out))?;
-            (key, Path::Bounce(Handle::new(self, key)))
+            (key, Path::Bounce(Handle::new(&self.ops, key)))
         } else {
             let pipe = match Pipe::new() {
                 Ok(pipe) => pipe,
@@ -207,7 +208,7 @@ impl Ring {
                     vec![fill.flags(squeue::Flags::IO_LINK), drain]
                 })
                 .map_err(|QueueFull((out, _))| queue_full(out))?;
-            (key, Path::Splice(Handle::new(self, key)))
+            (key, Path::Splice(Handle::new(&self.ops, key)))
         };
         self.files.borrow_mut().op_pushed(slot);
         if let Some(file) = self.files.borrow().file_of(slot) {

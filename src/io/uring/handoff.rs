@@ -18,7 +18,7 @@
 use super::error::FixedOpError;
 use super::fixed::{direct_alignment, Entry, FixedFile};
 use super::ids::{random_tagged, HANDOFF_TAG};
-use super::ops::{result, Handle};
+use super::handle::{result, Handle};
 use super::ring::Ring;
 use crate::Loan;
 use io_uring::{opcode, types};
@@ -203,7 +203,7 @@ impl Ring {
                 self.ops.borrow_mut().on_done(key, sent);
                 self.files.borrow_mut().op_pushed(src);
                 Ok(HandOffOp {
-                    handle: Handle::new(self, key),
+                    handle: Handle::new(&self.ops, key),
                 })
             }
             Err(_) => {

@@ -7,7 +7,7 @@
 
 use super::cancel::CancelRequest;
 use super::cancel_sends::SendChase;
-use super::ops::Handle;
+use super::handle::Handle;
 use super::ring::Ring;
 use io_uring::{opcode, types};
 use std::cell::Cell;
@@ -106,7 +106,7 @@ impl Ring {
         });
         // A full queue: armed again at the next reap.
         if let Ok(key) = pushed {
-            self.mailbox.nudge = Some(Handle::new(self, key));
+            self.mailbox.nudge = Some(Handle::new(&self.ops, key));
             let _ = self.uring.submit();
         }
     }
@@ -185,7 +185,7 @@ impl Ring {
                 }
             }
         };
-        self.mailbox.serving.push((request, Handle::new(self, key)));
+        self.mailbox.serving.push((request, Handle::new(&self.ops, key)));
         // Submitted before the slots go, while the request's loan (or the slots'
         // own) keeps the number naming this file.
         let _ = self.uring.submit();

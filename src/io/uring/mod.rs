@@ -85,6 +85,7 @@ mod cancel_sends;
 mod error;
 mod fixed;
 mod fixed_ops;
+mod handle;
 mod handoff;
 mod ids;
 mod inbox;
@@ -99,7 +100,8 @@ pub use fixed::{FixedFile, DEFAULT_FIXED_FILES};
 pub use fixed_ops::{FixedReadDone, FixedReadOp, FixedSendDone, FixedSendOp};
 pub use handoff::{HandOffOp, Mailslot};
 pub use ids::{HANDOFF_TAG, USER_DATA_TAG};
-pub use ops::{OwnedBuf, QueueFull, ReadDone, ReadOp};
+pub use handle::QueueFull;
+pub use ops::{OwnedBuf, ReadDone, ReadOp};
 pub use ring::{ForeignPushError, Ring};
 pub use send_ops::{SendDone, SendOp, SendRefused};
 

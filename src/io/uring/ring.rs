@@ -5,7 +5,7 @@
 use super::fixed::FixedTable;
 use super::ids::{is_handoff, is_tagged};
 use super::inbox::Mailbox;
-use super::ops::QueueFull;
+use super::handle::QueueFull;
 use super::table::{Key, OpTable, Then};
 use io_uring::{cqueue, squeue, IoUring};
 use std::cell::RefCell;

@@ -3,7 +3,7 @@
 //! (bounce.rs). Each parks what the kernel touches in the table.
 
 use super::bounce::{write_what_was_read, Bounce, Pipe, ReadFrom};
-use super::ops::{result, Handle, QueueFull};
+use super::handle::{result, Handle, QueueFull};
 use super::ring::Ring;
 use super::table::FileId;
 use crate::io::direct::{known_direct, learn_direct};
@@ -202,7 +202,7 @@ impl Ring {
             .map_err(|QueueFull((region, out, ..))| SendRefused::QueueFull { region, out })?;
         self.ops.borrow_mut().mark_file(key, file, true);
         Ok(SendOp {
-            handle: Path::Splice(Handle::new(self, key)),
+            handle: Path::Splice(Handle::new(&self.ops, key)),
         })
     }
 
@@ -227,7 +227,7 @@ impl Ring {
             .map_err(|QueueFull((region, out, _))| SendRefused::QueueFull { region, out })?;
         self.ops.borrow_mut().mark_file(key, file, true);
         Ok(SendOp {
-            handle: Path::Bounce(Handle::new(self, key)),
+            handle: Path::Bounce(Handle::new(&self.ops, key)),
         })
     }
 }
