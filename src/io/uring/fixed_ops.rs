@@ -3,10 +3,10 @@
 
 use super::bounce::{write_what_was_read, Bounce, Pipe, ReadFrom};
 use super::error::{FixedOpError, FixedOpRefused};
-use super::fixed::FixedFile;
 use super::handle::{result, Handle, QueueFull};
 use super::ops::OwnedBuf;
 use super::ring::Ring;
+use super::slots::FixedFile;
 use io_uring::{opcode, squeue, types};
 use nix::errno::Errno;
 use std::fmt;

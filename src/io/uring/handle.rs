@@ -80,4 +80,3 @@ pub(crate) fn result(raw: i32) -> Result<usize, Errno> {
         errno => Errno::from_raw(errno),
     })
 }
-

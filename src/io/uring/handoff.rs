@@ -16,57 +16,18 @@
 //! reach another ring that reused the number.
 
 use super::error::FixedOpError;
-use super::fixed::{direct_alignment, Entry, FixedFile};
-use super::ids::{random_tagged, HANDOFF_TAG};
 use super::handle::{result, Handle};
+use super::ids::{random_tagged, HANDOFF_TAG};
 use super::ring::Ring;
-use crate::Loan;
+use super::slots::{direct_alignment, Entry, FixedFile, Handoff, Sending};
 use io_uring::{opcode, types};
 use nix::errno::Errno;
 use std::any::Any;
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
-
-/// What the two rings share about one reserved slot.
-pub(crate) struct Handoff {
-    target: Arc<OwnedFd>,
-    slot: u32,
-    /// The `user_data` of the install's CQE on the target: the hand-off tag over 48
-    /// random bits, so no other CQE can pass for it.
-    data: u64,
-    state: Mutex<Sending>,
-}
-
-#[derive(Default)]
-struct Sending {
-    /// The loan on its way, set before the `MSG_RING` is pushed.
-    loan: Option<Loan>,
-    /// A `MSG_RING` was pushed and has not failed: a file may arrive.
-    pushed: bool,
-}
-
-impl Handoff {
-    /// True when no file can arrive any more: no mailslot or op holds this, and
-    /// no send is under way.
-    pub(crate) fn abandoned(self: &Arc<Self>) -> bool {
-        Arc::strong_count(self) == 1 && !self.lock().pushed
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Sending> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// No file will arrive: the loan on its way comes back (to drop outside the
-    /// table's borrow), and the target may free its slot once the mailslot is gone.
-    fn failed(&self) -> Option<Loan> {
-        let mut sending = self.lock();
-        sending.pushed = false;
-        sending.loan.take()
-    }
-}
 
 /// The `MSG_RING`'s `OnDone` (table.rs): a refused send gives back its loan at once, even
 /// when no one holds the [`HandOffOp`] any more.

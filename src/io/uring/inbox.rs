@@ -185,7 +185,9 @@ impl Ring {
                 }
             }
         };
-        self.mailbox.serving.push((request, Handle::new(&self.ops, key)));
+        self.mailbox
+            .serving
+            .push((request, Handle::new(&self.ops, key)));
         // Submitted before the slots go, while the request's loan (or the slots'
         // own) keeps the number naming this file.
         let _ = self.uring.submit();

@@ -92,18 +92,20 @@ mod inbox;
 mod ops;
 mod ring;
 mod send_ops;
+mod slots;
 mod table;
 
 pub use cancel::{cancel_in_flight, cancel_then_close, Cancelled, Cancelling, RingOnThisThread};
 pub use error::{FixedOpError, FixedOpRefused, RegisterRefused};
-pub use fixed::{FixedFile, DEFAULT_FIXED_FILES};
+pub use fixed::DEFAULT_FIXED_FILES;
 pub use fixed_ops::{FixedReadDone, FixedReadOp, FixedSendDone, FixedSendOp};
+pub use handle::QueueFull;
 pub use handoff::{HandOffOp, Mailslot};
 pub use ids::{HANDOFF_TAG, USER_DATA_TAG};
-pub use handle::QueueFull;
 pub use ops::{OwnedBuf, ReadDone, ReadOp};
 pub use ring::{ForeignPushError, Ring};
 pub use send_ops::{SendDone, SendOp, SendRefused};
+pub use slots::FixedFile;
 
 /// True when `user_data` carries fdlend's op tag. Such CQEs come from a
 /// [`Ring`]'s own ops, which it completes itself; one whose id names none of them

@@ -2,10 +2,10 @@
 //! op ids sound: every CQE the table records was reaped here, from the ring its ops
 //! were pushed to, exactly once, so no completion can reach another table's op.
 
-use super::fixed::FixedTable;
+use super::handle::QueueFull;
 use super::ids::{is_handoff, is_tagged};
 use super::inbox::Mailbox;
-use super::handle::QueueFull;
+use super::slots::FixedTable;
 use super::table::{Key, OpTable, Then};
 use io_uring::{cqueue, squeue, IoUring};
 use std::cell::RefCell;
