@@ -16,113 +16,13 @@
 //! file cannot be interrupted, and its loan keeps `close_wait` waiting until the
 //! call returns by itself. A ring whose thread never reaps again never answers.
 
-use super::inbox::{ask_every_ring, withdraw_everywhere, Inbox, RINGS_HERE};
+use super::requests::{ask_every_ring, withdraw_everywhere, CancelRequest, RINGS_HERE};
 use super::ring::Ring;
-use super::table::FileId;
-use crate::{Lender, Loan};
+use crate::Lender;
 use std::cell::Cell;
 use std::fmt;
 use std::io;
-use std::os::fd::AsRawFd;
-use std::sync::{Arc, Condvar, Mutex};
-
-/// One closer's request, shared by every ring it was sent to.
-pub(crate) struct CancelRequest {
-    /// The file, by identity: never the next file to get its number.
-    pub(crate) file: FileId,
-    pub(crate) state: Mutex<Tally>,
-    answered: Condvar,
-    /// The asking thread's own ring, nudged at the last answer: it reaps while it
-    /// waits, so it can answer other closers meanwhile.
-    wake: Option<Arc<Inbox>>,
-}
-
-#[derive(Default)]
-pub(crate) struct Tally {
-    pub(crate) waiting_for: usize,
-    rings: usize,
-    cancelled: usize,
-    /// A loan of the file, held until the last ring answers: while a ring may
-    /// still cancel by the file's number, that number names no other file. `None`
-    /// if the lender was at its loan limit (rings then cancel by id).
-    loan: Option<Loan>,
-    /// The closer gave up waiting: rings that pick the request up later skip it.
-    withdrawn: bool,
-}
-
-impl CancelRequest {
-    fn new(lender: &Lender, wake: Option<Arc<Inbox>>) -> Arc<CancelRequest> {
-        let file = FileId {
-            fd: lender.as_raw_fd(),
-            epoch: lender.epoch(),
-        };
-        Arc::new(CancelRequest {
-            file,
-            state: Mutex::new(Tally {
-                loan: lender.loan().ok(),
-                ..Tally::default()
-            }),
-            answered: Condvar::new(),
-            wake,
-        })
-    }
-
-    fn tally(&self) -> std::sync::MutexGuard<'_, Tally> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// True while the request's loan keeps the file's number naming it.
-    pub(crate) fn holds_loan(&self) -> bool {
-        self.tally().loan.is_some()
-    }
-
-    /// True once the closer stopped waiting for it.
-    pub(crate) fn is_withdrawn(&self) -> bool {
-        self.tally().withdrawn
-    }
-
-    /// Counts ops a cancel by id ended.
-    pub(crate) fn add_cancelled(&self, n: usize) {
-        self.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .cancelled += n;
-    }
-
-    fn waiting_for(&self) -> usize {
-        self.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .waiting_for
-    }
-
-    /// A ring is done with this request, having cancelled `cancelled` ops.
-    pub(crate) fn answer(&self, cancelled: usize) {
-        let mut tally = self.tally();
-        tally.rings += 1;
-        tally.cancelled += cancelled;
-        drop(tally);
-        self.no_longer_waiting_for(1);
-    }
-
-    /// `rings` rings will not answer (any more); at the last, the loan goes and
-    /// the closer wakes.
-    fn no_longer_waiting_for(&self, rings: usize) {
-        let mut tally = self.tally();
-        tally.waiting_for -= rings;
-        if tally.waiting_for > 0 || rings == 0 {
-            return;
-        }
-        let loan = tally.loan.take();
-        drop(tally);
-        // Outside the lock: the last loan of a closing file closes it here.
-        drop(loan);
-        self.answered.notify_all();
-        if let Some(inbox) = &self.wake {
-            inbox.nudge();
-        }
-    }
-}
+use std::sync::Arc;
 
 impl Ring {
     /// Cancel-then-close from the thread that owns this ring (a thread-per-core

@@ -5,8 +5,8 @@
 //! cancelled file are in flight, a 5 ms timeout op of its own wakes it to cancel
 //! them again.
 
-use super::cancel::CancelRequest;
 use super::handle::Handle;
+use super::requests::CancelRequest;
 use super::ring::Ring;
 use super::table::FileId;
 use io_uring::{opcode, types};
@@ -15,24 +15,6 @@ use std::time::Duration;
 
 /// How often a ring retries cancelling sends it missed.
 const RETRY: Duration = Duration::from_millis(5);
-
-/// A ring's sends being cancelled.
-#[derive(Default)]
-pub(crate) struct SendChase {
-    /// Cancels by id in flight, and the request to credit.
-    cancels: Vec<(Option<Arc<CancelRequest>>, Handle<()>)>,
-    /// Files (by identity: never the next file on the number) whose sends are
-    /// cancelled until none is left.
-    files: Vec<FileId>,
-    timer: Option<Handle<Box<types::Timespec>>>,
-}
-
-impl SendChase {
-    pub(crate) fn in_flight(&self) -> usize {
-        let timer = self.timer.as_ref().is_some_and(|op| !op.is_done());
-        usize::from(timer) + self.cancels.iter().filter(|(_, op)| !op.is_done()).count()
-    }
-}
 
 impl Ring {
     /// Pushes a cancel by id for both stages of every in-flight send of `file`

@@ -16,6 +16,7 @@
 //! reach another ring that reused the number.
 
 use super::error::FixedOpError;
+use super::fixed::DEFAULT_FIXED_FILES;
 use super::handle::{result, Handle};
 use super::ids::{random_tagged, HANDOFF_TAG};
 use super::ring::Ring;
@@ -94,7 +95,7 @@ impl Ring {
     pub fn open_mailslot(&mut self) -> io::Result<(Mailslot, FixedFile)> {
         self.settle_files();
         if self.files.borrow().entries.is_empty() {
-            self.reserve_fixed_files(super::DEFAULT_FIXED_FILES)?;
+            self.reserve_fixed_files(DEFAULT_FIXED_FILES)?;
         }
         let target = match &self.own_fd {
             Some(fd) => Arc::clone(fd),

@@ -90,8 +90,10 @@ mod handoff;
 mod ids;
 mod inbox;
 mod ops;
+mod requests;
 mod ring;
 mod send_ops;
+mod setup;
 mod slots;
 mod table;
 

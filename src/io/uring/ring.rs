@@ -4,7 +4,7 @@
 
 use super::handle::QueueFull;
 use super::ids::{is_handoff, is_tagged};
-use super::inbox::Mailbox;
+use super::requests::Mailbox;
 use super::slots::FixedTable;
 use super::table::{Key, OpTable, Then};
 use io_uring::{cqueue, squeue, IoUring};
@@ -47,6 +47,20 @@ pub struct Ring {
     /// Second stages built at a reap that found the submission queue full; pushed
     /// before the next submit.
     deferred: VecDeque<squeue::Entry>,
+    hooks: Hooks,
+}
+
+/// Where the features above the ring react to it: the ring calls these at its
+/// turning points and knows nothing else of what they do (setup.rs wires them).
+#[derive(Clone, Copy)]
+pub(crate) struct Hooks {
+    /// A CQE with the hand-off tag arrived: true if it installed a file (else it
+    /// is foreign).
+    pub(crate) handoff_cqe: fn(&mut Ring, u64, i32) -> bool,
+    /// After a reap recorded its CQEs: settle fixed slots, serve the inbox.
+    pub(crate) after_reap: fn(&mut Ring),
+    /// When the ring is dropped, before its tables are.
+    pub(crate) at_drop: fn(&mut Ring),
 }
 
 /// [`Ring::push_foreign`] refused an entry: it carries fdlend's `user_data` tag, or
@@ -77,21 +91,10 @@ impl fmt::Display for ForeignPushError {
 impl std::error::Error for ForeignPushError {}
 
 impl Ring {
-    /// A new ring of `entries` SQEs (see [`IoUring::new`]).
-    pub fn new(entries: u32) -> io::Result<Ring> {
-        Ring::with_ring(IoUring::new(entries)?)
-    }
-
-    /// Takes over a ring built by the caller (with its own setup flags). From now
-    /// on it is reached only through this `Ring`, so its table is the only one, and
-    /// every other SQE goes through [`push_foreign`](Ring::push_foreign). Entries
-    /// the caller queued before cannot pass for fdlend's ops: op ids are sealed with
-    /// a random key of this ring, and CQEs naming no op go to `reap`'s `foreign`.
-    /// The ring keeps one read of its own armed (the cancel inbox's eventfd, see
-    /// [`cancel_then_close`](super::cancel_then_close)); fails only if that
-    /// eventfd cannot be made.
-    pub fn with_ring(uring: IoUring) -> io::Result<Ring> {
-        let mut ring = Ring {
+    /// A ring around `uring` with empty tables and a fresh inbox, whose features
+    /// react through `hooks` (wired by `Ring::with_ring`, setup.rs).
+    pub(crate) fn assemble(uring: IoUring, hooks: Hooks) -> io::Result<Ring> {
+        Ok(Ring {
             uring,
             ops: Rc::new(RefCell::new(OpTable::new()?)),
             files: Rc::new(RefCell::new(FixedTable::default())),
@@ -99,9 +102,8 @@ impl Ring {
             own_fd: None,
             reaped: VecDeque::new(),
             deferred: VecDeque::new(),
-        };
-        ring.arm_nudge();
-        Ok(ring)
+            hooks,
+        })
     }
 
     /// Ops whose last CQE has not been reaped yet, including dropped ones (not
@@ -134,18 +136,12 @@ impl Ring {
     /// and the next `reap` completes them.
     pub fn reap(&mut self, foreign: impl FnMut(cqueue::Entry)) -> usize {
         let ours = self.record_completions(foreign);
-        self.settle_files();
-        self.serve_mailbox();
+        (self.hooks.after_reap)(self);
         ours
     }
 
-    /// `reap` without serving the inbox (for drop).
-    pub(crate) fn reap_quietly(&mut self) {
-        self.record_completions(drop);
-        self.settle_files();
-    }
-
-    fn record_completions(&mut self, mut foreign: impl FnMut(cqueue::Entry)) -> usize {
+    /// Records every CQE in the completion queue (the first half of `reap`).
+    pub(crate) fn record_completions(&mut self, mut foreign: impl FnMut(cqueue::Entry)) -> usize {
         self.reaped.extend(self.uring.completion());
         let mut ours = 0;
         // One CQE at a time, each recorded before any user code runs for it (a
@@ -153,7 +149,7 @@ impl Ring {
         // loop with the table whole and the unhandled CQEs still queued.
         while let Some(cqe) = self.reaped.pop_front() {
             let data = cqe.user_data();
-            if is_handoff(data) && self.installed(data, cqe.result()) {
+            if is_handoff(data) && (self.hooks.handoff_cqe)(self, data, cqe.result()) {
                 continue;
             }
             let recorded = match is_tagged(data) {
@@ -290,8 +286,7 @@ impl Ring {
 
 impl Drop for Ring {
     fn drop(&mut self) {
-        self.close_mailbox();
-        self.files.borrow_mut().forget_busy_loans();
+        (self.hooks.at_drop)(self);
     }
 }
 
