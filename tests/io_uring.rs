@@ -202,7 +202,7 @@ fn send_ops_splice_a_region_to_a_socket_chunk_by_chunk() {
 }
 
 #[test]
-fn a_send_past_end_of_file_reports_the_short_fill_and_returns_the_region() {
+fn a_send_past_end_of_file_reports_the_short_fill_and_ends_there() {
     let bytes = pattern(1000);
     let file = TempFile::with(&bytes);
     let lender = Lender::try_from(file.open()).unwrap();
@@ -220,7 +220,8 @@ fn a_send_past_end_of_file_reports_the_short_fill_and_returns_the_region() {
         Err(nix::errno::Errno::ECANCELED),
         "a short fill breaks the link"
     );
-    assert_eq!(done.rest.as_ref().map(LentRegion::offset), Some(900));
+    // Resuming would meet the same end again: no region comes back to loop on.
+    assert!(done.rest.is_none());
     drop(done);
     drop(read);
     assert!(lender.try_close().is_ok());

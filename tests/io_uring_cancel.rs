@@ -217,3 +217,65 @@ fn cancel_then_close_cancels_a_send_stuck_on_a_full_socket() {
     assert_eq!(sent, Err(Errno::ECANCELED), "{cancelled:?}");
     drop(peer);
 }
+
+#[test]
+fn a_lender_at_its_loan_limit_still_has_its_ops_cancelled_by_id_and_no_others() {
+    let (read, _write) = nix::unistd::pipe().unwrap();
+    let lender = Lender::with_max_loans(read, 2).unwrap();
+    let (other_read, other_write) = nix::unistd::pipe().unwrap();
+    let other = Lender::try_from(other_read).unwrap();
+    let loans = (lender.loan().unwrap(), lender.loan().unwrap());
+    let other_loan = other.loan().unwrap();
+    let (pushed, is_pushed) = mpsc::channel();
+    let (cancelled_tx, was_cancelled) = mpsc::channel::<()>();
+    let ring = std::thread::spawn(move || {
+        let mut ring = Ring::new(16).unwrap();
+        let plain = ring
+            .read(LentRegion::new(loans.0, 0, 8).unwrap(), vec![0; 8])
+            .unwrap();
+        let file = ring.register(loans.1).unwrap();
+        let fixed = ring.read_fixed(&file, 0, vec![0; 8]).unwrap();
+        let bystander = ring
+            .read(LentRegion::new(other_loan, 0, 8).unwrap(), vec![0; 8])
+            .unwrap();
+        ring.submit().unwrap();
+        pushed.send(()).unwrap();
+        while !(plain.is_done() && fixed.is_done()) {
+            ring.submit_and_wait(1).unwrap();
+            ring.reap(|cqe| panic!("{cqe:?}"));
+        }
+        assert!(
+            !bystander.is_done(),
+            "the cancel reached another file's read"
+        );
+        ring.release(file);
+        // Their regions go back, so the owner's close can finish.
+        let (plain, fixed) = (
+            plain.finish().unwrap().result,
+            fixed.finish().unwrap().result,
+        );
+        cancelled_tx.send(()).unwrap();
+        while ring.in_flight() > 0 {
+            ring.submit_and_wait(1).unwrap();
+            ring.reap(|cqe| panic!("{cqe:?}"));
+        }
+        let bystander = bystander.finish().unwrap();
+        (
+            plain,
+            fixed,
+            bystander.result.map(|n| bystander.buf[..n].to_vec()),
+        )
+    });
+    is_pushed.recv().unwrap();
+    assert!(lender.loan().is_err(), "at its loan limit");
+    let (cancelled, closed) = cancel_then_close(lender).unwrap();
+    closed.unwrap();
+    assert!(cancelled.cancelled >= 2, "{cancelled:?}");
+    was_cancelled.recv().unwrap();
+    drop(other);
+    File::from(other_write).write_all(b"bystand!").unwrap();
+    let (plain, fixed, bystander) = ring.join().unwrap();
+    assert_eq!(plain, Err(Errno::ECANCELED));
+    assert_eq!(fixed, Err(Errno::ECANCELED));
+    assert_eq!(bystander, Ok(b"bystand!".to_vec()));
+}

@@ -97,3 +97,61 @@ fn an_unused_mailslot_frees_its_reserved_slot() {
     ring.reap(|_| {});
     let (_mailslot, _file) = ring.open_mailslot().unwrap();
 }
+
+#[test]
+fn an_abandoned_hand_off_whose_msg_ring_fails_gives_back_slot_and_loan_at_once() {
+    let file = TempFile::with(&pattern(4096));
+    let lender = Lender::try_from(file.open()).unwrap();
+    let (to_owner, mailslots) = mpsc::channel();
+    let (failed, has_failed) = mpsc::channel::<()>();
+    let (checked, slot_checked) = mpsc::channel();
+    // The target ring stays alive until the owner has closed its file.
+    let target = std::thread::spawn(move || {
+        let mut ring = Ring::new(8).unwrap();
+        ring.reserve_fixed_files(1).unwrap();
+        let (mailslot, file) = ring.open_mailslot().unwrap();
+        drop(file); // no one here waits for the file any more
+        to_owner.send(mailslot).unwrap();
+        has_failed.recv().unwrap();
+        ring.reap(|cqe| panic!("{cqe:?}"));
+        // The only slot is free again, with this ring alive.
+        checked.send(ring.open_mailslot().is_ok()).unwrap();
+        has_failed.recv().unwrap_err(); // until the owner is done
+    });
+
+    let mut ring = Ring::new(8).unwrap();
+    let fixed = ring.register(lender.loan().unwrap()).unwrap();
+    let mailslot = mailslots.recv().unwrap();
+    // A read of no fd heads a link to the hand-off, so its MSG_RING is cancelled.
+    let doomed = io_uring::opcode::Read::new(io_uring::types::Fd(-1), std::ptr::null_mut(), 0)
+        .build()
+        .flags(io_uring::squeue::Flags::IO_LINK)
+        .user_data(1);
+    // SAFETY: the read names no memory and no open fd; it only fails.
+    unsafe { ring.push_foreign(&doomed) }.unwrap();
+    drop(ring.hand_off(&fixed, mailslot).unwrap()); // abandoned
+    let mut foreign = Vec::new();
+    while ring.in_flight() > 0 || foreign.is_empty() {
+        ring.submit_and_wait(1).unwrap();
+        ring.reap(|cqe| foreign.push(cqe.result()));
+    }
+    assert_eq!(foreign, [-libc::EBADF]);
+    ring.release(fixed);
+    assert_eq!(
+        lender.outstanding(),
+        0,
+        "the failed hand-off's loan came back"
+    );
+    let closing = lender.close();
+    assert!(
+        matches!(closing.result(), Some(Ok(()))),
+        "close_wait would wait"
+    );
+    failed.send(()).unwrap();
+    assert!(
+        slot_checked.recv().unwrap(),
+        "the target's slot was given back"
+    );
+    drop(failed);
+    target.join().unwrap();
+}

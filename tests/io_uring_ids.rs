@@ -202,3 +202,84 @@ fn user_code_run_by_an_op_may_touch_the_ring_s_ops() {
     assert_eq!(lender.outstanding(), 0);
     assert!(lender.try_close().is_ok());
 }
+
+/// The ids the old predictable scheme gave a fresh ring's first ops (slot 0 was
+/// the ring's own inbox read, slot 1 the first user op), both stages.
+fn guessed_ids() -> Vec<u64> {
+    (0..32u64)
+        .flat_map(|index| [0xfd1e_0000_0000_0000 | index, 0xfd1e_0000_0080_0000 | index])
+        .collect()
+}
+
+/// Pushes a read of 8 bytes of the (empty) pipe behind `lender` on `ring`, checks a
+/// forged CQE did not finish it, then feeds it real bytes and checks it gets them.
+fn the_pending_read_survives(ring: &mut Ring, read: ReadOp<Vec<u8>>, writer: &mut File) {
+    assert!(!read.is_done(), "a forged CQE finished the read");
+    let read = read
+        .finish()
+        .expect_err("finish() must not hand back a buffer the kernel still owns");
+    writer.write_all(b"REALDATA").unwrap();
+    while !read.is_done() {
+        ring.submit_and_wait(1).unwrap();
+        ring.reap(|cqe| panic!("{cqe:?}"));
+    }
+    let done = read.finish().unwrap();
+    assert_eq!(done.result, Ok(8));
+    assert_eq!(&done.buf, b"REALDATA");
+    assert_eq!(ring.in_flight(), 0);
+}
+
+#[test]
+fn a_tagged_nop_queued_before_with_ring_completes_no_op() {
+    let (lender, mut writer) = pipe_lender();
+    let mut uring = io_uring::IoUring::new(128).unwrap();
+    let guesses = guessed_ids();
+    for &data in &guesses {
+        let nop = io_uring::opcode::Nop::new().build().user_data(data);
+        // SAFETY: a NOP names no buffer, fd or slot; its own contract is met.
+        unsafe { uring.submission().push(&nop) }.unwrap();
+    }
+    let mut ring = Ring::with_ring(uring).unwrap();
+    let region = LentRegion::new(lender.loan().unwrap(), 0, 8).unwrap();
+    let read = ring.read(region, vec![0; 8]).unwrap();
+    ring.submit_and_wait(guesses.len()).unwrap();
+    let mut foreign = Vec::new();
+    ring.reap(|cqe| foreign.push(cqe.user_data()));
+    assert_eq!(foreign, guesses, "every forged CQE went to `foreign`");
+    the_pending_read_survives(&mut ring, read, &mut writer);
+}
+
+#[test]
+fn a_msg_ring_data_message_with_a_tagged_id_completes_no_op() {
+    let (lender, mut writer) = pipe_lender();
+    let uring = io_uring::IoUring::new(16).unwrap();
+    let target = std::os::fd::AsRawFd::as_raw_fd(&uring);
+    let mut ring = Ring::with_ring(uring).unwrap();
+    let region = LentRegion::new(lender.loan().unwrap(), 0, 8).unwrap();
+    let read = ring.read(region, vec![0; 8]).unwrap();
+    ring.submit().unwrap();
+
+    let mut other = io_uring::IoUring::new(128).unwrap();
+    let guesses = guessed_ids();
+    for &data in &guesses {
+        let message =
+            io_uring::opcode::MsgRingData::new(io_uring::types::Fd(target), 8, data, None)
+                .build()
+                .user_data(1);
+        // SAFETY: a data message names no memory; `target` is open (`ring` lives).
+        unsafe { other.submission().push(&message) }.unwrap();
+    }
+    other.submit_and_wait(guesses.len()).unwrap();
+    assert!(other.completion().all(|cqe| cqe.result() == 0));
+
+    let mut foreign = Vec::new();
+    while foreign.len() < guesses.len() {
+        ring.submit_and_wait(1).unwrap();
+        ring.reap(|cqe| foreign.push(cqe.user_data()));
+    }
+    foreign.sort_unstable();
+    let mut sorted = guesses.clone();
+    sorted.sort_unstable();
+    assert_eq!(foreign, sorted, "every message went to `foreign`");
+    the_pending_read_survives(&mut ring, read, &mut writer);
+}

@@ -57,4 +57,5 @@ pub use direct::{is_direct, AlignmentSource, DirectAlignment, FALLBACK_ALIGN};
 pub use error::{Misaligned, RegionError, SendError, SendPath};
 pub use pipe_pool::release_thread_pipe;
 pub use region::{Chunks, LentRegion, RegionTicket};
-pub use send::{PathBytes, SendProgress};
+pub use send::SendProgress;
+pub use send_paths::PathBytes;

@@ -8,7 +8,7 @@ use super::direct::{forget_direct, known_direct, learn_direct, DirectAlignment};
 use super::error::{RegionError, SendError, SendPath};
 use super::read::BOUNCE_MAX;
 use super::region::LentRegion;
-use super::send_paths::{Cursor, Step};
+use super::send_paths::{Cursor, PathBytes, Step, ORDER};
 use crate::Ticket;
 use nix::errno::Errno;
 use std::os::fd::AsFd;
@@ -41,54 +41,10 @@ pub enum SendProgress {
     },
 }
 
-/// How many bytes each [`SendPath`] moved in one send call.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PathBytes {
-    sendfile: u64,
-    splice: u64,
-    read_write: u64,
-}
-
-impl PathBytes {
-    /// The bytes `path` moved.
-    pub fn get(&self, path: SendPath) -> u64 {
-        match path {
-            SendPath::Sendfile => self.sendfile,
-            SendPath::Splice => self.splice,
-            SendPath::ReadWrite => self.read_write,
-        }
-    }
-
-    /// The paths that moved at least one byte, fastest first.
-    pub fn ran(&self) -> impl Iterator<Item = SendPath> + '_ {
-        ORDER.into_iter().filter(|&path| self.get(path) > 0)
-    }
-
-    pub(super) fn add(&mut self, path: SendPath, n: u64) {
-        match path {
-            SendPath::Sendfile => self.sendfile += n,
-            SendPath::Splice => self.splice += n,
-            SendPath::ReadWrite => self.read_write += n,
-        }
-    }
-
-    /// The path that moved the most bytes (the faster one on a tie), if any did.
-    fn most(&self) -> Option<SendPath> {
-        ORDER
-            .into_iter()
-            .rev()
-            .filter(|&path| self.get(path) > 0)
-            .max_by_key(|&path| self.get(path))
-    }
-}
-
 /// Sends longer than this ask whether an unknown source is O_DIRECT before the first
 /// call: the size of sendfile's internal pipe (16 pages), beyond which sendfile from
 /// an O_DIRECT file takes a disk round trip per 64 KiB.
 const ASK_DIRECT_ABOVE: u64 = 64 * 1024;
-
-/// The paths, in the order they are tried.
-const ORDER: [SendPath; 3] = [SendPath::Sendfile, SendPath::Splice, SendPath::ReadWrite];
 
 /// The paths from `first` on.
 fn paths_from(first: SendPath) -> &'static [SendPath] {

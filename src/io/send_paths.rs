@@ -8,10 +8,53 @@ use super::direct::DirectAlignment;
 use super::error::{RegionError, SendError, SendPath};
 use super::pipe_pool::{self, Pipe};
 use super::read::{direct_read_end, io, pread_fill, with_bounce, BOUNCE_MAX};
-use super::send::PathBytes;
 use nix::errno::Errno;
 use nix::fcntl::{splice, SpliceFFlags};
 use std::os::fd::BorrowedFd;
+
+/// The paths, in the order they are tried.
+pub(super) const ORDER: [SendPath; 3] = [SendPath::Sendfile, SendPath::Splice, SendPath::ReadWrite];
+
+/// How many bytes each [`SendPath`] moved in one send call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathBytes {
+    sendfile: u64,
+    splice: u64,
+    read_write: u64,
+}
+
+impl PathBytes {
+    /// The bytes `path` moved.
+    pub fn get(&self, path: SendPath) -> u64 {
+        match path {
+            SendPath::Sendfile => self.sendfile,
+            SendPath::Splice => self.splice,
+            SendPath::ReadWrite => self.read_write,
+        }
+    }
+
+    /// The paths that moved at least one byte, fastest first.
+    pub fn ran(&self) -> impl Iterator<Item = SendPath> + '_ {
+        ORDER.into_iter().filter(|&path| self.get(path) > 0)
+    }
+
+    pub(super) fn add(&mut self, path: SendPath, n: u64) {
+        match path {
+            SendPath::Sendfile => self.sendfile += n,
+            SendPath::Splice => self.splice += n,
+            SendPath::ReadWrite => self.read_write += n,
+        }
+    }
+
+    /// The path that moved the most bytes (the faster one on a tie), if any did.
+    pub(super) fn most(&self) -> Option<SendPath> {
+        ORDER
+            .into_iter()
+            .rev()
+            .filter(|&path| self.get(path) > 0)
+            .max_by_key(|&path| self.get(path))
+    }
+}
 
 /// The most one `sendfile`/`splice` call is asked for (Linux caps a call at this).
 const CALL_MAX: u64 = 0x7fff_f000;

@@ -10,6 +10,8 @@ use std::os::fd::AsRawFd;
 
 /// The memfd's length.
 pub const FILE_LEN: usize = 16 * 1024;
+/// The O_DIRECT file's length: five 4 KiB blocks and a ragged end.
+pub const DIRECT_LEN: usize = 20_000;
 /// Bytes a pipe may hold unread before `Write` refuses (under its 64 KiB capacity).
 pub const PIPE_ROOM: u64 = 32 * 1024;
 pub fn file_byte(i: usize) -> u8 {
@@ -49,6 +51,7 @@ impl Source {
                 file.write_all(&bytes).unwrap();
                 (Lender::try_from(file).unwrap(), None)
             }
+            Target::Direct => (Lender::try_from(direct_file()).unwrap(), None),
             Target::PipeA | Target::PipeB => {
                 let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
                 (Lender::try_from(read).unwrap(), Some(File::from(write)))
@@ -63,6 +66,14 @@ impl Source {
             fixed: None,
             abandoned_len: 0,
             tainted: false,
+        }
+    }
+
+    /// The length of a file target.
+    pub fn len(&self) -> usize {
+        match self.target {
+            Target::Direct => DIRECT_LEN,
+            _ => FILE_LEN,
         }
     }
 
@@ -87,4 +98,29 @@ impl Source {
         assert!(tail == want, "the pipe's tail is not the stream's end");
         self.read = self.written;
     }
+}
+
+/// A fresh file of `DIRECT_LEN` bytes on disk (fuzz/target, not tmpfs), opened
+/// O_DIRECT where the filesystem allows it, and unlinked at once.
+fn direct_file() -> File {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/target"));
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join(format!(
+        "uring-ops-direct-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let bytes: Vec<u8> = (0..DIRECT_LEN).map(file_byte).collect();
+    std::fs::write(&path, &bytes).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path)
+        .or_else(|_| File::open(&path))
+        .unwrap();
+    std::fs::remove_file(&path).unwrap();
+    file
 }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 const LEAK_BUDGET: usize = 16;
 static LEAKS: AtomicUsize = AtomicUsize::new(0);
 
-enum Handle {
+pub(super) enum Handle {
     Plain(ReadOp<Vec<u8>>),
     Fixed(FixedReadOp<Vec<u8>>),
 }
@@ -31,8 +31,8 @@ struct Pending {
 
 /// One input's world.
 pub struct World {
-    ring: Option<Ring>,
-    sources: Vec<Source>,
+    pub(super) ring: Option<Ring>,
+    pub(super) sources: Vec<Source>,
     pending: Vec<Pending>,
     /// Closes started by cancel-then-close, with the ops that still hold loans.
     closing: Vec<Closing>,
@@ -45,7 +45,7 @@ impl Default for World {
     fn default() -> World {
         World {
             ring: None,
-            sources: [Target::File, Target::PipeA, Target::PipeB]
+            sources: [Target::File, Target::PipeA, Target::PipeB, Target::Direct]
                 .into_iter()
                 .map(Source::new)
                 .collect(),
@@ -58,16 +58,17 @@ impl Default for World {
     }
 }
 
-fn index(target: Target) -> usize {
+pub(super) fn index(target: Target) -> usize {
     match target {
         Target::File => 0,
         Target::PipeA => 1,
         Target::PipeB => 2,
+        Target::Direct => 3,
     }
 }
 
 impl World {
-    fn ring(&mut self) -> &mut Ring {
+    pub(super) fn ring(&mut self) -> &mut Ring {
         self.ring.get_or_insert_with(|| Ring::new(32).unwrap())
     }
 
@@ -123,6 +124,17 @@ impl World {
                     self.ring().release(file);
                 }
             }
+            Op::Send {
+                direct,
+                fixed,
+                offset,
+                len,
+                short,
+            } => {
+                let target = if direct { Target::Direct } else { Target::File };
+                let (offset, len) = (u64::from(offset), u64::from(len) + 1);
+                self.send(target, fixed, offset, len, short);
+            }
             Op::CancelThenClose { target } => self.cancel_then_close(target),
             Op::Drain => {
                 self.drain();
@@ -152,7 +164,7 @@ impl World {
         }
     }
 
-    fn register(&mut self, target: Target) -> bool {
+    pub(super) fn register(&mut self, target: Target) -> bool {
         let i = index(target);
         if self.sources[i].fixed.is_some() {
             return true;
@@ -170,6 +182,9 @@ impl World {
     }
 
     fn read(&mut self, target: Target, fixed: bool, offset: u64, len: usize) {
+        if target == Target::Direct {
+            return;
+        }
         let offset = match target {
             Target::File => offset % (FILE_LEN as u64 + 64),
             _ => 0,
@@ -299,7 +314,7 @@ impl World {
         let Some(ring) = self.ring.as_mut() else {
             return;
         };
-        for source in &mut self.sources[1..] {
+        for source in self.sources.iter_mut().filter(|s| s.writer.is_some()) {
             let want: u64 = self
                 .pending
                 .iter()
@@ -332,7 +347,7 @@ impl World {
             );
         }
         // What no read took is the stream's tail: read it, so pipes never fill.
-        for source in &mut self.sources[1..] {
+        for source in self.sources.iter_mut().filter(|s| s.writer.is_some()) {
             source.read_tail();
         }
     }

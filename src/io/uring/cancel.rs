@@ -16,71 +16,13 @@
 //! file cannot be interrupted, and its loan keeps `close_wait` waiting until the
 //! call returns by itself. A ring whose thread never reaps again never answers.
 
-use super::inbox::{ask_every_ring, Inbox, RINGS_HERE};
+use super::requests::{ask_every_ring, withdraw_everywhere, CancelRequest, RINGS_HERE};
 use super::ring::Ring;
 use crate::Lender;
 use std::cell::Cell;
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
-use std::sync::{Arc, Condvar, Mutex};
-
-/// One closer's request, shared by every ring it was sent to.
-pub(crate) struct CancelRequest {
-    pub(crate) fd: RawFd,
-    pub(crate) state: Mutex<Tally>,
-    answered: Condvar,
-    /// The asking thread's own ring, nudged at the last answer: it reaps while it
-    /// waits, so it can answer other closers meanwhile.
-    wake: Option<Arc<Inbox>>,
-}
-
-#[derive(Default)]
-pub(crate) struct Tally {
-    pub(crate) waiting_for: usize,
-    rings: usize,
-    cancelled: usize,
-}
-
-impl CancelRequest {
-    fn new(fd: RawFd, wake: Option<Arc<Inbox>>) -> Arc<CancelRequest> {
-        Arc::new(CancelRequest {
-            fd,
-            state: Mutex::new(Tally::default()),
-            answered: Condvar::new(),
-            wake,
-        })
-    }
-
-    /// Counts ops a cancel by id ended.
-    pub(crate) fn add_cancelled(&self, n: usize) {
-        self.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .cancelled += n;
-    }
-
-    fn waiting_for(&self) -> usize {
-        self.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .waiting_for
-    }
-
-    /// A ring is done with this request, having cancelled `cancelled` ops.
-    pub(crate) fn answer(&self, cancelled: usize) {
-        let mut tally = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        tally.waiting_for -= 1;
-        tally.rings += 1;
-        tally.cancelled += cancelled;
-        if tally.waiting_for == 0 {
-            self.answered.notify_all();
-            if let Some(inbox) = &self.wake {
-                inbox.nudge();
-            }
-        }
-    }
-}
+use std::sync::Arc;
 
 impl Ring {
     /// Cancel-then-close from the thread that owns this ring (a thread-per-core
@@ -101,7 +43,7 @@ impl Ring {
             return Err(RingOnThisThread(lender));
         }
         let own = Arc::clone(&self.mailbox.inbox);
-        let request = CancelRequest::new(lender.as_raw_fd(), Some(Arc::clone(&own)));
+        let request = CancelRequest::new(&lender, Some(Arc::clone(&own)));
         request
             .state
             .lock()
@@ -156,10 +98,28 @@ impl Cancelling {
     }
 }
 
+impl Drop for Cancelling {
+    /// Withdraws the request: rings that have not picked it up never will, and
+    /// those serving it answer as before; its loan goes at the last answer, so a
+    /// dropped cancel never reaches a later file on the same number.
+    fn drop(&mut self) {
+        {
+            let mut tally = self.request.tally();
+            if tally.waiting_for == 0 {
+                return;
+            }
+            tally.withdrawn = true;
+        }
+        let left = withdraw_everywhere(&self.request);
+        self.request.no_longer_waiting_for(left);
+    }
+}
+
 impl fmt::Debug for Cancelling {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Cancelling")
-            .field("fd", &self.request.fd)
+            .field("fd", &self.request.file.fd)
+            .field("epoch", &self.request.file.epoch)
             .finish()
     }
 }
@@ -183,11 +143,16 @@ impl<T: fmt::Debug> std::error::Error for RingOnThisThread<T> {}
 /// `lender`'s file (`IORING_ASYNC_CANCEL_FD | IORING_ASYNC_CANCEL_ALL`) and to
 /// revoke the file's fixed slots. Returns at once; [`Cancelling::wait`] blocks
 /// until every ring answered. Ops pushed after a ring answered are not cancelled.
+///
+/// The request names the file by identity and holds one loan of it until every
+/// ring has answered (so `close_wait` waits for that too). Dropping the
+/// [`Cancelling`] withdraws it: rings that have not picked it up never act on it,
+/// and its loan returns as soon as those already serving it answer.
 pub fn cancel_in_flight(lender: &Lender) -> Result<Cancelling, RingOnThisThread<()>> {
     if RINGS_HERE.with(Cell::get) > 0 {
         return Err(RingOnThisThread(()));
     }
-    let request = CancelRequest::new(lender.as_raw_fd(), None);
+    let request = CancelRequest::new(lender, None);
     ask_every_ring(&request, None);
     Ok(Cancelling { request })
 }

@@ -5,53 +5,49 @@
 //! cancelled file are in flight, a 5 ms timeout op of its own wakes it to cancel
 //! them again.
 
-use super::cancel::CancelRequest;
-use super::ops::Handle;
+use super::handle::Handle;
+use super::requests::CancelRequest;
 use super::ring::Ring;
+use super::table::FileId;
 use io_uring::{opcode, types};
-use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// How often a ring retries cancelling sends it missed.
 const RETRY: Duration = Duration::from_millis(5);
 
-/// A ring's sends being cancelled.
-#[derive(Default)]
-pub(crate) struct SendChase {
-    /// Cancels by id in flight, and the request to credit.
-    cancels: Vec<(Option<Arc<CancelRequest>>, Handle<()>)>,
-    /// Files whose sends are cancelled until none is left.
-    files: Vec<RawFd>,
-    timer: Option<Handle<Box<types::Timespec>>>,
-}
-
-impl SendChase {
-    pub(crate) fn in_flight(&self) -> usize {
-        let timer = self.timer.as_ref().is_some_and(|op| !op.is_done());
-        usize::from(timer) + self.cancels.iter().filter(|(_, op)| !op.is_done()).count()
-    }
-}
-
 impl Ring {
-    /// Pushes a cancel by id for both stages of every in-flight send of `fd`'s
-    /// file (best effort: a full queue leaves them to the next retry).
-    pub(crate) fn cancel_sends(&mut self, fd: RawFd, request: Option<&Arc<CancelRequest>>) {
-        let sends = self.ops.borrow().sends_of(fd);
-        if sends.is_empty() {
-            return;
+    /// Pushes a cancel by id for both stages of every in-flight send of `file`
+    /// (best effort: a full queue leaves them to the next retry), and keeps
+    /// chasing them.
+    pub(crate) fn cancel_sends(&mut self, file: FileId, request: Option<&Arc<CancelRequest>>) {
+        if self.cancel_by_id(file, Some(true), request) && !self.mailbox.sends.files.contains(&file)
+        {
+            self.mailbox.sends.files.push(file);
         }
-        for data in sends {
+    }
+
+    /// Pushes a cancel by id for every in-flight op on `file` (`sends` as in
+    /// `OpTable::ops_of`), each credited to `request`. False if there was none.
+    pub(crate) fn cancel_by_id(
+        &mut self,
+        file: FileId,
+        sends: Option<bool>,
+        request: Option<&Arc<CancelRequest>>,
+    ) -> bool {
+        let ops = self.ops.borrow().ops_of(file, sends);
+        if ops.is_empty() {
+            return false;
+        }
+        for data in ops {
             let by_id = types::CancelBuilder::user_data(data);
             let pushed = self.push((), None, |_| vec![opcode::AsyncCancel2::new(by_id).build()]);
             if let Ok(key) = pushed {
-                let handle = Handle::new(self, key);
+                let handle = Handle::new(&self.ops, key);
                 self.mailbox.sends.cancels.push((request.cloned(), handle));
             }
         }
-        if !self.mailbox.sends.files.contains(&fd) {
-            self.mailbox.sends.files.push(fd);
-        }
+        true
     }
 
     /// Credits finished cancels, and while sends of cancelled files are still in
@@ -72,9 +68,9 @@ impl Ring {
                 None => true,
             });
         let files = std::mem::take(&mut self.mailbox.sends.files);
-        let left: Vec<RawFd> = files
+        let left: Vec<FileId> = files
             .into_iter()
-            .filter(|&fd| !self.ops.borrow().sends_of(fd).is_empty())
+            .filter(|&file| !self.ops.borrow().ops_of(file, Some(true)).is_empty())
             .collect();
         let ticked = match &self.mailbox.sends.timer {
             Some(timer) => timer.is_done(),
@@ -88,8 +84,8 @@ impl Ring {
         if left.is_empty() {
             return;
         }
-        for &fd in &left {
-            self.cancel_sends(fd, None);
+        for &file in &left {
+            self.cancel_sends(file, None);
         }
         self.mailbox.sends.files = left;
         let tick = Box::new(types::Timespec::from(RETRY));
@@ -97,7 +93,7 @@ impl Ring {
             vec![opcode::Timeout::new(&**tick as *const types::Timespec).build()]
         });
         if let Ok(key) = pushed {
-            self.mailbox.sends.timer = Some(Handle::new(self, key));
+            self.mailbox.sends.timer = Some(Handle::new(&self.ops, key));
         }
         let _ = self.uring.submit();
     }

@@ -16,51 +16,30 @@
 //! reach another ring that reused the number.
 
 use super::error::FixedOpError;
-use super::fixed::{Entry, FixedFile};
-use super::ops::{result, Handle};
+use super::fixed::DEFAULT_FIXED_FILES;
+use super::handle::{result, Handle};
+use super::ids::{random_tagged, HANDOFF_TAG};
 use super::ring::Ring;
-use crate::Loan;
+use super::slots::{direct_alignment, Entry, FixedFile, Handoff, Sending};
 use io_uring::{opcode, types};
 use nix::errno::Errno;
+use std::any::Any;
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
-/// The top 16 bits of the `user_data` of a hand-off's CQE on the target ring.
-pub const HANDOFF_TAG: u64 = 0xfd1f;
-
-/// True when `user_data` is a hand-off's CQE.
-pub(crate) fn is_handoff(user_data: u64) -> bool {
-    user_data >> 48 == HANDOFF_TAG
-}
-
-/// What the two rings share about one reserved slot.
-pub(crate) struct Handoff {
-    target: Arc<OwnedFd>,
-    slot: u32,
-    state: Mutex<Sending>,
-}
-
-#[derive(Default)]
-struct Sending {
-    /// The loan on its way, set before the `MSG_RING` is pushed.
-    loan: Option<Loan>,
-    /// A `MSG_RING` was pushed and has not failed: a file may arrive.
-    pushed: bool,
-}
-
-impl Handoff {
-    /// True when no file can arrive any more: no mailslot or op holds this, and
-    /// no send is under way.
-    pub(crate) fn abandoned(self: &Arc<Self>) -> bool {
-        Arc::strong_count(self) == 1 && !self.lock().pushed
+/// The `MSG_RING`'s `OnDone` (table.rs): a refused send gives back its loan at once, even
+/// when no one holds the [`HandOffOp`] any more.
+fn sent(resources: &mut dyn Any, results: &[i32; 2]) -> Option<Box<dyn Any>> {
+    if results[0] >= 0 {
+        return None;
     }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Sending> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
+    let handoff = resources
+        .downcast_ref::<Arc<Handoff>>()
+        .expect("a hand-off op parks its Handoff");
+    Some(Box::new(handoff.failed()?))
 }
 
 /// Where another ring can send a registered file: `Send`, give it to the owner's
@@ -98,15 +77,8 @@ impl HandOffOp {
         };
         Ok(match result(results[0]) {
             Ok(_) => Ok(()),
-            Err(errno) => {
-                let loan = {
-                    let mut sending = handoff.lock();
-                    sending.pushed = false;
-                    sending.loan.take()
-                };
-                drop(loan);
-                Err((errno, Mailslot { handoff }))
-            }
+            // The op's `sent` already gave the loan back.
+            Err(errno) => Err((errno, Mailslot { handoff })),
         })
     }
 }
@@ -123,7 +95,7 @@ impl Ring {
     pub fn open_mailslot(&mut self) -> io::Result<(Mailslot, FixedFile)> {
         self.settle_files();
         if self.files.borrow().entries.is_empty() {
-            self.reserve_fixed_files(super::DEFAULT_FIXED_FILES)?;
+            self.reserve_fixed_files(DEFAULT_FIXED_FILES)?;
         }
         let target = match &self.own_fd {
             Some(fd) => Arc::clone(fd),
@@ -143,9 +115,11 @@ impl Ring {
                 "the ring's fixed-file table is full; release a FixedFile first",
             ));
         };
+        let data = random_tagged(HANDOFF_TAG)?;
         let handoff = Arc::new(Handoff {
             target,
             slot,
+            data,
             state: Mutex::new(Sending::default()),
         });
         files.entries[slot as usize] = Entry::Reserved {
@@ -183,52 +157,55 @@ impl Ring {
         let pushed = self.push(Arc::clone(&handoff), Some(src), |handoff| {
             let dest = types::DestinationSlot::try_from_slot_target(dst).expect("a table index");
             let ring = types::Fd(handoff.target.as_raw_fd());
-            let data = HANDOFF_TAG << 48 | u64::from(dst);
+            let data = handoff.data;
             vec![opcode::MsgRingSendFd::new(ring, types::Fixed(src), dest, data).build()]
         });
         match pushed {
             Ok(key) => {
+                self.ops.borrow_mut().on_done(key, sent);
                 self.files.borrow_mut().op_pushed(src);
                 Ok(HandOffOp {
-                    handle: Handle::new(self, key),
+                    handle: Handle::new(&self.ops, key),
                 })
             }
             Err(_) => {
-                let loan = {
-                    let mut sending = handoff.lock();
-                    sending.pushed = false;
-                    sending.loan.take()
-                };
-                drop(loan);
+                drop(handoff.failed());
                 Err((FixedOpError::QueueFull, Mailslot { handoff }))
             }
         }
     }
 
     /// The target side of a hand-off CQE: the file is in the slot; its loan moves
-    /// from the mailslot into the table.
-    pub(crate) fn installed(&mut self, user_data: u64, result: i32) {
-        let slot = (user_data & u64::from(u32::MAX)) as u32;
-        {
-            let mut files = self.files.borrow_mut();
-            let entry = files.entries.get_mut(slot as usize);
-            let Some(Entry::Reserved { handoff, handle }) = entry else {
-                panic!("fdlend: a hand-off CQE for slot {slot}, which expects none");
-            };
-            let loan = handoff.lock().loan.take();
-            let handle = *handle;
-            let (Some(loan), true) = (loan, result >= 0) else {
-                panic!("fdlend: a hand-off CQE for slot {slot} without its loan ({result})");
-            };
-            files.entries[slot as usize] = Entry::Live {
-                fd: loan.as_raw_fd(),
-                loan: Some(loan),
-                ops: 0,
-                handle,
-                registered: true,
-                revoked: false,
-            };
-            files.dirty.push(slot);
+    /// from the mailslot into the table. False, touching nothing, for a CQE that
+    /// names no hand-off on its way here (a forged tag: it goes to `foreign`).
+    pub(crate) fn installed(&mut self, user_data: u64, result: i32) -> bool {
+        let mut files = self.files.borrow_mut();
+        let found = files.entries.iter().position(
+            |entry| matches!(entry, Entry::Reserved { handoff, .. } if handoff.data == user_data),
+        );
+        let Some(slot) = found else {
+            return false;
+        };
+        let Entry::Reserved { handoff, handle } = &files.entries[slot] else {
+            unreachable!("found Reserved above")
+        };
+        let mut sending = handoff.lock();
+        if result < 0 || !sending.pushed || sending.loan.is_none() {
+            return false;
         }
+        let loan = sending.loan.take().expect("checked above");
+        drop(sending);
+        let handle = *handle;
+        let direct = direct_alignment(&loan);
+        files.entries[slot] = Entry::Live {
+            loan: Some(loan),
+            ops: 0,
+            handle,
+            registered: true,
+            revoked: false,
+            direct,
+        };
+        files.dirty.push(slot as u32);
+        true
     }
 }

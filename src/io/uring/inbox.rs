@@ -1,95 +1,14 @@
-//! How a closing thread reaches every ring's thread. Rings are per thread and
-//! `!Send`, so a closer cannot touch them. Each [`Ring`] has an inbox (a
-//! mutex-guarded queue) listed in a process-wide registry, and an eventfd whose read
-//! the ring keeps armed as one of its own ops. A closer puts its request in every
-//! live inbox and writes each eventfd: a ring thread blocked in `submit_and_wait`
-//! wakes on that read's CQE, and its next [`Ring::reap`] serves the inbox.
+//! The ring side of cancel-then-close (the shared state is in requests.rs): a
+//! ring keeps its inbox's nudge read armed, and at each [`Ring::reap`] serves the
+//! requests its inbox holds, answering each when its cancel's CQE is reaped.
 
-use super::cancel::CancelRequest;
-use super::cancel_sends::SendChase;
-use super::ops::Handle;
+use super::handle::Handle;
+use super::requests::{CancelRequest, SendChase, RINGS_HERE};
 use super::ring::Ring;
 use io_uring::{opcode, types};
-use std::cell::Cell;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::{Arc, Mutex, Weak};
-
-/// A ring's inbox, reachable from any thread.
-pub(crate) struct Inbox {
-    queue: Mutex<Queue>,
-    nudge: OwnedFd,
-}
-
-#[derive(Default)]
-struct Queue {
-    requests: Vec<Arc<CancelRequest>>,
-    /// The ring is gone: no request may wait for it.
-    closed: bool,
-}
-
-impl Inbox {
-    /// Wakes the ring's thread if it waits in `submit_and_wait`.
-    pub(crate) fn nudge(&self) {
-        // A failed write only delays the ring's answer to its next reap.
-        let _ = nix::unistd::write(&self.nudge, &1u64.to_ne_bytes());
-    }
-}
-
-/// Every live ring's inbox.
-static INBOXES: Mutex<Vec<Weak<Inbox>>> = Mutex::new(Vec::new());
-
-thread_local! {
-    /// Rings alive on this thread: a closer here would wait for itself.
-    pub(crate) static RINGS_HERE: Cell<usize> = const { Cell::new(0) };
-}
-
-/// The ring side: its inbox, the armed eventfd read, and cancels being served.
-pub(crate) struct Mailbox {
-    pub(crate) inbox: Arc<Inbox>,
-    nudge: Option<Handle<(Arc<Inbox>, Vec<u8>)>>,
-    serving: Vec<(Arc<CancelRequest>, Handle<()>)>,
-    /// Sends of cancelled files, cancelled by id until they are done.
-    pub(crate) sends: SendChase,
-    /// Requests taken from the inbox that found no room in the queue yet.
-    backlog: Vec<Arc<CancelRequest>>,
-}
-
-impl Mailbox {
-    pub(crate) fn new() -> io::Result<Mailbox> {
-        // SAFETY: eventfd takes no pointers; a non-negative result is a new fd
-        // that nothing else owns, so the `OwnedFd` below is its only owner.
-        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` was just created above and is owned by no one else.
-        let nudge = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
-        let inbox = Arc::new(Inbox {
-            queue: Mutex::new(Queue::default()),
-            nudge,
-        });
-        let mut inboxes = INBOXES.lock().unwrap_or_else(|e| e.into_inner());
-        inboxes.retain(|weak| weak.strong_count() > 0);
-        inboxes.push(Arc::downgrade(&inbox));
-        drop(inboxes);
-        RINGS_HERE.with(|n| n.set(n.get() + 1));
-        Ok(Mailbox {
-            inbox,
-            nudge: None,
-            serving: Vec::new(),
-            sends: SendChase::default(),
-            backlog: Vec::new(),
-        })
-    }
-
-    /// The ring's own ops still waiting for a CQE (not counted as the user's).
-    pub(crate) fn internal_in_flight(&self) -> usize {
-        let nudge = self.nudge.as_ref().is_some_and(|op| !op.is_done());
-        let serving = self.serving.iter().filter(|(_, op)| !op.is_done()).count();
-        usize::from(nudge) + serving + self.sends.in_flight()
-    }
-}
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
 
 impl Ring {
     /// Keeps a read armed on the inbox's eventfd, so a closer's write wakes a
@@ -106,7 +25,7 @@ impl Ring {
         });
         // A full queue: armed again at the next reap.
         if let Ok(key) = pushed {
-            self.mailbox.nudge = Some(Handle::new(self, key));
+            self.mailbox.nudge = Some(Handle::new(&self.ops, key));
             let _ = self.uring.submit();
         }
     }
@@ -145,14 +64,31 @@ impl Ring {
     }
 
     /// Pushes and submits the cancel for one request and revokes the file's fixed
-    /// slots; the answer goes out when the cancel's CQE is reaped.
+    /// slots; the answer goes out when the cancel's CQE is reaped. The file is
+    /// named by identity throughout: while the request holds its loan (until the
+    /// last ring answers) its number can name no other file, so one cancel by fd
+    /// reaches exactly its ops; without one (the lender was at its loan limit)
+    /// each of its ops here is cancelled by id.
     pub(crate) fn serve_request(&mut self, request: Arc<CancelRequest>) {
-        let fd = request.fd;
+        if request.is_withdrawn() {
+            request.answer(0);
+            return;
+        }
+        let file = request.file;
+        let by_fd = request.holds_loan();
         // Sends first, by id: their splices name their pipe, which no cancel by fd
         // matches.
-        self.cancel_sends(fd, Some(&request));
+        self.cancel_sends(file, Some(&request));
+        if !by_fd {
+            self.cancel_by_id(file, Some(false), Some(&request));
+        }
+        // The answer waits for this entry's CQE: the cancel by fd, or a NOP behind
+        // the cancels by id.
         let cancel = |_: &mut ()| {
-            let all = types::CancelBuilder::fd(types::Fd(fd)).all();
+            if !by_fd {
+                return vec![opcode::Nop::new().build()];
+            }
+            let all = types::CancelBuilder::fd(types::Fd(file.fd)).all();
             vec![opcode::AsyncCancel2::new(all).build()]
         };
         let key = match self.push((), None, cancel) {
@@ -168,10 +104,19 @@ impl Ring {
                 }
             }
         };
-        self.mailbox.serving.push((request, Handle::new(self, key)));
-        // Submitted before the slots go, while the lender keeps `fd` open.
+        self.mailbox
+            .serving
+            .push((request, Handle::new(&self.ops, key)));
+        // Submitted before the slots go, while the request's loan (or the slots'
+        // own) keeps the number naming this file.
         let _ = self.uring.submit();
-        self.files.borrow_mut().revoke_fd(fd);
+        self.files.borrow_mut().revoke(file);
+    }
+
+    /// `reap` without serving the inbox (for drop).
+    fn reap_quietly(&mut self) {
+        self.record_completions(drop);
+        self.settle_files();
     }
 
     /// At drop: no request may wait for this ring; its nudge read is cancelled and
@@ -220,30 +165,5 @@ impl Ring {
                 _ => self.reap_quietly(),
             }
         }
-    }
-}
-
-/// Puts `request` in every live inbox but `skip`, and nudges each.
-pub(crate) fn ask_every_ring(request: &Arc<CancelRequest>, skip: Option<&Arc<Inbox>>) {
-    let inboxes: Vec<Arc<Inbox>> = INBOXES
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .filter_map(Weak::upgrade)
-        .filter(|inbox| skip.map_or(true, |skip| !Arc::ptr_eq(inbox, skip)))
-        .collect();
-    for inbox in inboxes {
-        let mut queue = inbox.queue.lock().unwrap_or_else(|e| e.into_inner());
-        if queue.closed {
-            continue;
-        }
-        request
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .waiting_for += 1;
-        queue.requests.push(Arc::clone(request));
-        drop(queue);
-        inbox.nudge();
     }
 }

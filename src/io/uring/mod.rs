@@ -79,28 +79,40 @@
 //! # }
 //! ```
 
+mod bounce;
 mod cancel;
 mod cancel_sends;
 mod error;
 mod fixed;
 mod fixed_ops;
+mod handle;
 mod handoff;
+mod ids;
 mod inbox;
 mod ops;
+mod requests;
 mod ring;
+mod send_ops;
+mod setup;
+mod slots;
 mod table;
 
 pub use cancel::{cancel_in_flight, cancel_then_close, Cancelled, Cancelling, RingOnThisThread};
 pub use error::{FixedOpError, FixedOpRefused, RegisterRefused};
-pub use fixed::{FixedFile, DEFAULT_FIXED_FILES};
+pub use fixed::DEFAULT_FIXED_FILES;
 pub use fixed_ops::{FixedReadDone, FixedReadOp, FixedSendDone, FixedSendOp};
-pub use handoff::{HandOffOp, Mailslot, HANDOFF_TAG};
-pub use ops::{OwnedBuf, QueueFull, ReadDone, ReadOp, SendDone, SendOp, SendRefused};
+pub use handle::QueueFull;
+pub use handoff::{HandOffOp, Mailslot};
+pub use ids::{HANDOFF_TAG, USER_DATA_TAG};
+pub use ops::{OwnedBuf, ReadDone, ReadOp};
 pub use ring::{ForeignPushError, Ring};
-pub use table::USER_DATA_TAG;
+pub use send_ops::{SendDone, SendOp, SendRefused};
+pub use slots::FixedFile;
 
-/// True when `user_data` carries fdlend's tag (one of its ops): such CQEs only
-/// ever come from a [`Ring`], which reaps them itself.
+/// True when `user_data` carries fdlend's op tag. Such CQEs come from a
+/// [`Ring`]'s own ops, which it completes itself; one whose id names none of them
+/// (forged, or from an SQE that bypassed [`Ring::push_foreign`]) goes to `reap`'s
+/// `foreign` callback.
 pub fn is_ours(user_data: u64) -> bool {
-    table::is_tagged(user_data)
+    ids::is_tagged(user_data)
 }

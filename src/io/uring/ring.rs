@@ -2,13 +2,14 @@
 //! op ids sound: every CQE the table records was reaped here, from the ring its ops
 //! were pushed to, exactly once, so no completion can reach another table's op.
 
-use super::fixed::FixedTable;
-use super::handoff::is_handoff;
-use super::inbox::Mailbox;
-use super::ops::QueueFull;
-use super::table::{is_tagged, Key, OpTable};
+use super::handle::QueueFull;
+use super::ids::{is_handoff, is_tagged};
+use super::requests::Mailbox;
+use super::slots::FixedTable;
+use super::table::{Key, OpTable, Then};
 use io_uring::{cqueue, squeue, IoUring};
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::os::fd::OwnedFd;
@@ -40,7 +41,26 @@ pub struct Ring {
     /// A dup of the ring's fd that mailslots hold, made at the first one.
     pub(crate) own_fd: Option<Arc<OwnedFd>>,
     /// CQEs taken off the queue, so user callbacks run with no queue borrowed.
-    reaped: Vec<cqueue::Entry>,
+    /// Each is popped just before it is handled: if user code run for one panics,
+    /// the rest stay here for the next `reap`.
+    reaped: VecDeque<cqueue::Entry>,
+    /// Second stages built at a reap that found the submission queue full; pushed
+    /// before the next submit.
+    deferred: VecDeque<squeue::Entry>,
+    hooks: Hooks,
+}
+
+/// Where the features above the ring react to it: the ring calls these at its
+/// turning points and knows nothing else of what they do (setup.rs wires them).
+#[derive(Clone, Copy)]
+pub(crate) struct Hooks {
+    /// A CQE with the hand-off tag arrived: true if it installed a file (else it
+    /// is foreign).
+    pub(crate) handoff_cqe: fn(&mut Ring, u64, i32) -> bool,
+    /// After a reap recorded its CQEs: settle fixed slots, serve the inbox.
+    pub(crate) after_reap: fn(&mut Ring),
+    /// When the ring is dropped, before its tables are.
+    pub(crate) at_drop: fn(&mut Ring),
 }
 
 /// [`Ring::push_foreign`] refused an entry: it carries fdlend's `user_data` tag, or
@@ -71,27 +91,19 @@ impl fmt::Display for ForeignPushError {
 impl std::error::Error for ForeignPushError {}
 
 impl Ring {
-    /// A new ring of `entries` SQEs (see [`IoUring::new`]).
-    pub fn new(entries: u32) -> io::Result<Ring> {
-        Ring::with_ring(IoUring::new(entries)?)
-    }
-
-    /// Takes over a ring built by the caller (with its own setup flags). From now
-    /// on it is reached only through this `Ring`, so its table is the only one.
-    /// The ring keeps one read of its own armed (the cancel inbox's eventfd, see
-    /// [`cancel_then_close`](super::cancel_then_close)); fails only if that
-    /// eventfd cannot be made.
-    pub fn with_ring(uring: IoUring) -> io::Result<Ring> {
-        let mut ring = Ring {
+    /// A ring around `uring` with empty tables and a fresh inbox, whose features
+    /// react through `hooks` (wired by `Ring::with_ring`, setup.rs).
+    pub(crate) fn assemble(uring: IoUring, hooks: Hooks) -> io::Result<Ring> {
+        Ok(Ring {
             uring,
-            ops: Rc::new(RefCell::new(OpTable::default())),
+            ops: Rc::new(RefCell::new(OpTable::new()?)),
             files: Rc::new(RefCell::new(FixedTable::default())),
             mailbox: Mailbox::new()?,
             own_fd: None,
-            reaped: Vec::new(),
-        };
-        ring.arm_nudge();
-        Ok(ring)
+            reaped: VecDeque::new(),
+            deferred: VecDeque::new(),
+            hooks,
+        })
     }
 
     /// Ops whose last CQE has not been reaped yet, including dropped ones (not
@@ -103,12 +115,14 @@ impl Ring {
 
     /// Submits what was pushed; see [`io_uring::Submitter::submit`].
     pub fn submit(&mut self) -> io::Result<usize> {
+        self.push_deferred();
         self.uring.submit()
     }
 
     /// Submits what was pushed and waits until at least `want` CQEs are in the
     /// completion queue (not yet reaped); see [`io_uring::Submitter::submit_and_wait`].
     pub fn submit_and_wait(&mut self, want: usize) -> io::Result<usize> {
+        self.push_deferred();
         self.uring.submit_and_wait(want)
     }
 
@@ -116,42 +130,49 @@ impl Ring {
     /// abandoned op's resources are dropped here, possibly returning a closing
     /// file's last loan), the others go to `foreign`. Then released fixed files
     /// whose ops are all reaped give their loans back. Returns how many were ours.
+    ///
+    /// If user code run here panics (a dropped op's destination `Drop`, `foreign`),
+    /// the CQE that ran it is handled and the others stay queued: catch the panic
+    /// and the next `reap` completes them.
     pub fn reap(&mut self, foreign: impl FnMut(cqueue::Entry)) -> usize {
         let ours = self.record_completions(foreign);
-        self.settle_files();
-        self.serve_mailbox();
+        (self.hooks.after_reap)(self);
         ours
     }
 
-    /// `reap` without serving the inbox (for drop).
-    pub(crate) fn reap_quietly(&mut self) {
-        self.record_completions(drop);
-        self.settle_files();
-    }
-
-    fn record_completions(&mut self, mut foreign: impl FnMut(cqueue::Entry)) -> usize {
-        let mut reaped = std::mem::take(&mut self.reaped);
-        reaped.extend(self.uring.completion());
+    /// Records every CQE in the completion queue (the first half of `reap`).
+    pub(crate) fn record_completions(&mut self, mut foreign: impl FnMut(cqueue::Entry)) -> usize {
+        self.reaped.extend(self.uring.completion());
         let mut ours = 0;
-        for cqe in reaped.drain(..) {
-            if is_handoff(cqe.user_data()) {
-                self.installed(cqe.user_data(), cqe.result());
+        // One CQE at a time, each recorded before any user code runs for it (a
+        // dropped op's destination, `foreign`): a panic there unwinds out of this
+        // loop with the table whole and the unhandled CQEs still queued.
+        while let Some(cqe) = self.reaped.pop_front() {
+            let data = cqe.user_data();
+            if is_handoff(data) && (self.hooks.handoff_cqe)(self, data, cqe.result()) {
                 continue;
             }
-            if !is_tagged(cqe.user_data()) {
+            let recorded = match is_tagged(data) {
+                true => self.ops.borrow_mut().record(data, cqe.result()),
+                false => None,
+            };
+            // Not one of ours, or a forged tag that names no pending op.
+            let Some(recorded) = recorded else {
                 foreign(cqe);
                 continue;
-            }
+            };
             ours += 1;
-            let recorded = self.ops.borrow_mut().record(cqe.user_data(), cqe.result());
             if let Some(slot) = recorded.fixed_done {
                 self.files.borrow_mut().op_done(slot);
             }
+            if let Some(next) = recorded.next {
+                self.push_next(next);
+            }
             // Outside the borrow: dropping a loan may close the file, and dropping
             // a user's destination runs their code, which may touch this table.
+            drop(recorded.released);
             drop(recorded.freed);
         }
-        self.reaped = reaped;
         ours
     }
 
@@ -169,9 +190,9 @@ impl Ring {
     ///   open or accept into a slot): fdlend's ops and slots name those and count
     ///   on them staying the files their loans hold.
     /// - If it is an `IORING_OP_MSG_RING`, the CQE it posts on the target ring does
-    ///   not carry fdlend's tags (`0xfd1e`, `0xfd1f` in the top 16 bits): a ring
-    ///   takes such a CQE for the completion of one of its ops or hand-offs (and
-    ///   panics if it names none).
+    ///   not carry fdlend's tags (`0xfd1e`, `0xfd1f` in the top 16 bits): only a
+    ///   ring's own ops and hand-offs may use them (a tagged CQE that names none of
+    ///   them goes to `foreign`, but one must not try to pass for them).
     pub unsafe fn push_foreign(&mut self, entry: &squeue::Entry) -> Result<(), ForeignPushError> {
         let data = entry.get_user_data();
         if is_tagged(data) || is_handoff(data) {
@@ -191,6 +212,29 @@ impl Ring {
         fixed: Option<u32>,
         build: impl FnOnce(&mut R) -> Vec<squeue::Entry>,
     ) -> Result<Key, QueueFull<R>> {
+        self.push_with(resources, fixed, None, build)
+    }
+
+    /// `push` for an op of two stages whose second `then` builds from the first
+    /// one's result: `build` makes stage 0 only; stage 1 is pushed as stage 0's CQE
+    /// is reaped (or its result recorded without a push, see `table::Then`).
+    pub(crate) fn push_then<R: 'static>(
+        &mut self,
+        resources: R,
+        fixed: Option<u32>,
+        then: Then,
+        build: impl FnOnce(&mut R) -> squeue::Entry,
+    ) -> Result<Key, QueueFull<R>> {
+        self.push_with(resources, fixed, Some(then), |r| vec![build(r)])
+    }
+
+    fn push_with<R: 'static>(
+        &mut self,
+        resources: R,
+        fixed: Option<u32>,
+        then: Option<Then>,
+        build: impl FnOnce(&mut R) -> Vec<squeue::Entry>,
+    ) -> Result<Key, QueueFull<R>> {
         let mut boxed = Box::new(resources);
         // The entries point into the box, whose heap address survives the moves below.
         let built = build(&mut boxed);
@@ -199,7 +243,11 @@ impl Ring {
             return Err(QueueFull(*boxed));
         }
         let mut ops = self.ops.borrow_mut();
-        let key = ops.insert(boxed, built.len() as u8, fixed);
+        let stages = built.len() + usize::from(then.is_some());
+        let key = ops.insert(boxed, stages as u8, fixed);
+        if let Some(then) = then {
+            ops.then(key, then);
+        }
         for (stage, entry) in built.into_iter().enumerate() {
             let entry = entry.user_data(ops.user_data(key, stage as u64));
             // SAFETY: every buffer and fd the entry names is owned by the resources
@@ -213,12 +261,32 @@ impl Ring {
         }
         Ok(key)
     }
+
+    /// Pushes a stage an op's `Then` built, or keeps it for the next submit if
+    /// the queue is full.
+    fn push_next(&mut self, entry: squeue::Entry) {
+        self.deferred.push_back(entry);
+        self.push_deferred();
+    }
+
+    /// Pushes the stages kept back for want of room, in order, as far as they fit.
+    fn push_deferred(&mut self) {
+        let mut sq = self.uring.submission();
+        while let Some(entry) = self.deferred.front() {
+            // SAFETY: a stage built by an op's `Then` points into the resources
+            // parked in the table under its `user_data`'s key, which stay there
+            // until that stage's CQE is reaped (see `push_with`).
+            if unsafe { sq.push(entry) }.is_err() {
+                break;
+            }
+            self.deferred.pop_front();
+        }
+    }
 }
 
 impl Drop for Ring {
     fn drop(&mut self) {
-        self.close_mailbox();
-        self.files.borrow_mut().forget_busy_loans();
+        (self.hooks.at_drop)(self);
     }
 }
 
