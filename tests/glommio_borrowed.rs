@@ -2,7 +2,7 @@
 //! lent by the first through its own ring; the owner's close waits for it; the fd is
 //! closed exactly once and never touched after. Its own binary, because it counts
 //! `/proc/self/fd` entries and watches reused fd numbers.
-#![cfg(feature = "glommio")]
+#![cfg(feature = "glommio-ring")]
 
 mod glommio_common;
 

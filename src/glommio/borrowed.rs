@@ -1,5 +1,10 @@
 //! [`BorrowedDmaFile`]: a lent fd read through another executor's own ring.
 
+// Reached only against unpatched glommio, to fail the build with a hint (patch.rs).
+#[allow(unused_imports)]
+use super::patch::UnpatchedGlommio as _;
+use super::source::covering;
+use super::BorrowSource;
 use crate::{LentRegion, Loan};
 use ::glommio::io::{DmaFile, IoVec, MergedBufferLimit, ReadAmplificationLimit, ReadResult};
 use ::glommio::GlommioError;
@@ -43,38 +48,6 @@ pub struct BorrowedDmaFile {
     // Shared with every read future and stream started here: the fd stays open
     // while any of them, or `self`, is alive.
     lent: Rc<BorrowSource>,
-}
-
-/// What a [`BorrowedDmaFile`] holds to keep the fd open: a whole-file loan or a
-/// region (whose loan covers the whole fd; the range is for
-/// [`read_region`](BorrowedDmaFile::read_region)).
-#[derive(Debug)]
-pub enum BorrowSource {
-    /// A loan of the fd.
-    Loan(Loan),
-    /// A lent byte range of the fd.
-    Region(LentRegion),
-}
-
-impl BorrowSource {
-    fn loan(&self) -> &Loan {
-        match self {
-            BorrowSource::Loan(loan) => loan,
-            BorrowSource::Region(region) => region.loan(),
-        }
-    }
-}
-
-impl From<Loan> for BorrowSource {
-    fn from(loan: Loan) -> BorrowSource {
-        BorrowSource::Loan(loan)
-    }
-}
-
-impl From<LentRegion> for BorrowSource {
-    fn from(region: LentRegion) -> BorrowSource {
-        BorrowSource::Region(region)
-    }
 }
 
 impl BorrowedDmaFile {
@@ -122,11 +95,7 @@ impl BorrowedDmaFile {
     pub async fn read_at(&self, pos: u64, size: usize) -> ::glommio::Result<ReadResult, ()> {
         let _lent = Rc::clone(&self.lent);
         let dma = self.dma();
-        let start = dma.align_down(pos);
-        let skip = (pos - start) as usize;
-        let span = usize::try_from(dma.align_up(skip as u64 + size as u64)).map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "read larger than memory")
-        })?;
+        let (start, span, skip) = covering(pos, size, dma.alignment())?;
         let covering = dma.read_at_aligned(start, span).await?;
         let len = size.min(covering.len().saturating_sub(skip));
         Ok(ReadResult::slice(&covering, skip, len).expect("fdlend: a slice of what was read"))
@@ -141,6 +110,7 @@ impl BorrowedDmaFile {
         size: usize,
     ) -> ::glommio::Result<ReadResult, ()> {
         let _lent = Rc::clone(&self.lent);
+        covering(pos, size, 1)?;
         self.dma().read_at_aligned(pos, size).await
     }
 

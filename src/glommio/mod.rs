@@ -90,11 +90,20 @@
 //! `DmaFile::from_raw_fd`/`into_raw_fd` (`vendor/glommio/FDLEND-PATCH.md`), which
 //! [`BorrowedDmaFile`] and [`LentDmaFile`] use.
 
+mod blocking;
+#[cfg(feature = "glommio-ring")]
 mod borrowed;
+mod closer;
 mod lent;
+#[cfg(feature = "glommio-ring")]
+mod patch;
+mod source;
 
-pub use borrowed::{BorrowDmaError, BorrowSource, BorrowedDmaFile, ReadMany};
+pub use blocking::BlockingReader;
+#[cfg(feature = "glommio-ring")]
+pub use borrowed::{BorrowDmaError, BorrowedDmaFile, ReadMany};
 pub use lent::{LentDmaFile, RegisterDmaError};
+pub use source::BorrowSource;
 
 #[cfg(doc)]
 use ::glommio::io::DmaFile;
