@@ -326,3 +326,30 @@ fn a_loan_of_a_pipe_is_refused_and_comes_back_intact() {
     drop(loan);
     lender.close_wait().unwrap();
 }
+
+#[test]
+fn reads_whose_range_overflows_are_refused_with_invalid_input_not_a_panic() {
+    let _serial = one_at_a_time();
+    let dir = disk_dir("borrowed-overflow");
+    let path = dir.join("data");
+    write_tagged(&path, 23, 4);
+    run(async {
+        let file = LentDmaFile::new(DmaFile::open(&path).await.unwrap()).unwrap();
+        let borrowed = BorrowedDmaFile::new(file.loan().unwrap()).await.unwrap();
+        for (pos, size) in [(1, usize::MAX), (u64::MAX, 1), (i64::MAX as u64, 1)] {
+            let error = borrowed.read_at(pos, size).await.unwrap_err();
+            let error = std::io::Error::from(error);
+            assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput, "read_at({pos}, {size})");
+        }
+        for (pos, size) in [(0, usize::MAX), (u64::MAX & !4095, BLOCK)] {
+            let error = borrowed.read_at_aligned(pos, size).await.unwrap_err();
+            let error = std::io::Error::from(error);
+            assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput, "aligned({pos}, {size})");
+        }
+        // The file still reads after the refusals.
+        let block = borrowed.read_at(BLOCK as u64, BLOCK).await.unwrap();
+        assert_eq!(&block[..], &expected_block(23, 1)[..]);
+        drop(borrowed);
+        file.close().await.unwrap();
+    });
+}
