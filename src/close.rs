@@ -15,9 +15,10 @@ use crate::sync::{current_thread, lock, Arc, Condvar, Mutex, ThreadId};
 use nix::errno::Errno;
 use std::future::Future;
 use std::io;
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{IntoRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
 /// Who calls `close(2)` once the last loan is back.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -29,7 +30,7 @@ pub(crate) enum Closer {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Stage {
+pub(crate) enum Stage {
     Lent,
     Drained,
     Closed(Result<(), Errno>),
@@ -48,9 +49,9 @@ struct Progress {
 pub(crate) struct CloseSignal {
     progress: Mutex<Progress>,
     changed: Condvar,
-    fd: RawFd,
+    pub(crate) fd: RawFd,
     /// Local loans alive when the close began, for the error that says so.
-    local_loans: usize,
+    pub(crate) local_loans: usize,
 }
 
 impl CloseSignal {
@@ -106,44 +107,92 @@ impl CloseSignal {
 
     /// Blocks until `done` holds for the stage; refuses on the owner's thread while
     /// its local loans are alive, since they could never return meanwhile.
-    fn wait_until(&self, done: impl Fn(Stage) -> bool) -> Result<Stage, LendError> {
-        let mut progress = lock(&self.progress);
-        while !done(progress.stage) {
-            self.waits_on_own_loans(&progress)?;
-            progress = self
-                .changed
-                .wait(progress)
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-        }
-        Ok(progress.stage)
+    pub(crate) fn wait_until(&self, done: impl Fn(Stage) -> bool) -> Result<Stage, LendError> {
+        let stage = self.wait_until_deadline(done, None)?;
+        Ok(stage.expect("a wait without a deadline ends only when done"))
     }
 
-    fn poll_until(
+    /// As `wait_until`, giving up at `deadline` (`None`: never) with `Ok(None)`.
+    pub(crate) fn wait_until_deadline(
+        &self,
+        done: impl Fn(Stage) -> bool,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Stage>, LendError> {
+        let mut progress = lock(&self.progress);
+        loop {
+            if done(progress.stage) {
+                return Ok(Some(progress.stage));
+            }
+            self.waits_on_own_loans(&progress)?;
+            progress = match deadline {
+                None => self
+                    .changed
+                    .wait(progress)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()),
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Ok(None);
+                    }
+                    self.changed
+                        .wait_timeout(progress, left)
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .0
+                }
+            };
+        }
+    }
+
+    /// Registers `cx`'s waker unless `done` holds already. The waker is cloned and
+    /// the old one dropped with the lock released: both are user code (see the
+    /// module docs), and a clone that drops the last loan would come back here.
+    pub(crate) fn poll_until(
         &self,
         cx: &mut Context<'_>,
         done: impl Fn(Stage) -> bool,
     ) -> Poll<Result<Stage, LendError>> {
-        let replaced = {
+        let mut fresh: Option<Waker> = None;
+        loop {
             let mut progress = lock(&self.progress);
-            if done(progress.stage) {
-                return Poll::Ready(Ok(progress.stage));
+            let ready = if done(progress.stage) {
+                Some(Ok(progress.stage))
+            } else {
+                self.waits_on_own_loans(&progress).err().map(Err)
+            };
+            if let Some(ready) = ready {
+                drop(progress);
+                drop(fresh);
+                return Poll::Ready(ready);
             }
-            if let Err(error) = self.waits_on_own_loans(&progress) {
-                return Poll::Ready(Err(error));
-            }
-            match &progress.waker {
+            // `will_wake` only compares pointers: no user code runs here.
+            let replaced = match &progress.waker {
                 Some(waker) if waker.will_wake(cx.waker()) => None,
-                _ => progress.waker.replace(cx.waker().clone()),
-            }
-        };
-        // Dropped unlocked: the old waker may own the last loan (see module docs).
-        drop(replaced);
-        Poll::Pending
+                _ => match fresh.take() {
+                    Some(waker) => progress.waker.replace(waker),
+                    None => {
+                        drop(progress);
+                        fresh = Some(cx.waker().clone());
+                        // The stage may have moved meanwhile: look again.
+                        continue;
+                    }
+                },
+            };
+            drop(progress);
+            drop(replaced);
+            drop(fresh);
+            return Poll::Pending;
+        }
+    }
+
+    /// Takes out a registered waker, dropped once the lock is released.
+    fn clear_waker(&self) {
+        let waker = lock(&self.progress).waker.take();
+        drop(waker);
     }
 
     /// The owner stops waiting. Returns true when the loans have already drained, so
     /// the owner must close now; otherwise the last loan will.
-    fn abandon(&self) -> bool {
+    pub(crate) fn abandon(&self) -> bool {
         let (drained, waker) = {
             let mut progress = lock(&self.progress);
             progress.closer = Closer::LastLoan;
@@ -155,11 +204,11 @@ impl CloseSignal {
     }
 }
 
-fn is_closed(stage: Stage) -> bool {
+pub(crate) fn is_closed(stage: Stage) -> bool {
     matches!(stage, Stage::Closed(_))
 }
 
-fn is_drained(stage: Stage) -> bool {
+pub(crate) fn is_drained(stage: Stage) -> bool {
     stage != Stage::Lent
 }
 
@@ -167,7 +216,7 @@ pub(crate) fn to_io(result: Result<(), Errno>) -> io::Result<()> {
     result.map_err(|errno| io::Error::from_raw_os_error(errno as i32))
 }
 
-fn outcome(stage: Stage) -> io::Result<()> {
+pub(crate) fn outcome(stage: Stage) -> io::Result<()> {
     match stage {
         Stage::Closed(result) => to_io(result),
         other => unreachable!("close outcome read at stage {other:?}"),
@@ -226,9 +275,20 @@ impl Closing {
     /// thread that waits while it holds a [`Loan`](crate::Loan) of the file itself
     /// cannot finish either; fdlend cannot see that one.
     pub fn wait(self) -> io::Result<()> {
-        match self.inner {
-            ClosingInner::Done(result) => to_io(result),
+        // By reference: dropping `self` afterwards clears a waker left by a poll.
+        match &self.inner {
+            ClosingInner::Done(result) => to_io(*result),
             ClosingInner::Pending(signal) => outcome(signal.wait_until(is_closed)?),
+        }
+    }
+}
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        // A waker left by a poll would stay in the record's signal until the close,
+        // and if it owns the last loan, the close would never come.
+        if let ClosingInner::Pending(signal) = &self.inner {
+            signal.clear_waker();
         }
     }
 }
@@ -251,140 +311,6 @@ impl std::fmt::Debug for Closing {
         f.debug_struct("Closing")
             .field("closed", &self.is_closed())
             .finish()
-    }
-}
-
-/// [`Lender::reclaim`](crate::Lender::reclaim): resolves to the fd itself, unclosed,
-/// once every loan is back; woken by the thread that returns the last one, whatever
-/// runtime (if any) polls it.
-///
-/// Polled (or waited for) on the owner's thread while its local loans are alive, it
-/// resolves to `LendError::LocalLoansOutstanding` instead of never: the close is
-/// then handed to the last local loan.
-///
-/// Dropped before it resolves, it hands the close to the last loan (or closes at once
-/// if they are already back): the fd is never leaked.
-#[must_use = "futures do nothing unless polled; dropping it defers the close"]
-pub struct Reclaim {
-    state: ReclaimState,
-}
-
-enum ReclaimState {
-    /// Loans are out; `signal` (`Closer::Owner`) says when they are back, and then
-    /// `fd` is ours.
-    Waiting { fd: RawFd, signal: Arc<CloseSignal> },
-    /// Nothing was lent: the fd is ours already.
-    Ready(OwnedFd),
-    /// Handed out.
-    Done,
-}
-
-impl Reclaim {
-    /// Waits on `signal`, which must be `Closer::Owner`, for `fd`.
-    pub(crate) fn waiting(fd: RawFd, signal: Arc<CloseSignal>) -> Reclaim {
-        Reclaim {
-            state: ReclaimState::Waiting { fd, signal },
-        }
-    }
-
-    /// Already resolved: nothing was lent.
-    pub(crate) fn ready(fd: OwnedFd) -> Reclaim {
-        Reclaim {
-            state: ReclaimState::Ready(fd),
-        }
-    }
-
-    /// Takes the fd once its loans are back (the caller checked `signal`).
-    fn take(&mut self) -> OwnedFd {
-        match std::mem::replace(&mut self.state, ReclaimState::Done) {
-            // SAFETY: drained with `Closer::Owner`, so the drainer left the fd to this
-            // owner alone; `Done` keeps it from being handed out or closed twice.
-            ReclaimState::Waiting { fd, .. } => unsafe { OwnedFd::from_raw_fd(fd) },
-            ReclaimState::Ready(fd) => fd,
-            ReclaimState::Done => panic!("Reclaim polled after completion"),
-        }
-    }
-
-    /// Blocks until every loan is back; the fd.
-    pub(crate) fn wait(mut self) -> Result<OwnedFd, LendError> {
-        if let ReclaimState::Waiting { signal, .. } = &self.state {
-            // On an error, dropping `self` hands the close to the last local loan.
-            signal.wait_until(is_drained)?;
-        }
-        Ok(self.take())
-    }
-}
-
-impl Future for Reclaim {
-    type Output = Result<OwnedFd, LendError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if let ReclaimState::Waiting { signal, .. } = &self.state {
-            match signal.poll_until(cx, is_drained) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(error)) => {
-                    if let ReclaimState::Waiting { signal, .. } =
-                        std::mem::replace(&mut self.state, ReclaimState::Done)
-                    {
-                        // Not drained (that would have been Ok), so the last local loan
-                        // closes from now on.
-                        let drained = signal.abandon();
-                        debug_assert!(!drained, "refused only while lent");
-                    }
-                    return Poll::Ready(Err(error));
-                }
-                Poll::Ready(Ok(_)) => {}
-            }
-        }
-        Poll::Ready(Ok(self.take()))
-    }
-}
-
-impl Drop for Reclaim {
-    fn drop(&mut self) {
-        // A `Ready` fd closes with its `OwnedFd`; a waiting one is handed to the last
-        // loan, or closed here if the loans are already back.
-        if let ReclaimState::Waiting { fd, signal } = &self.state {
-            if signal.abandon() {
-                // SAFETY: drained with `Closer::Owner` and never handed out, so the
-                // close is still this owner's, once.
-                let _ = unsafe { fd::close(*fd) };
-            }
-        }
-    }
-}
-
-impl std::fmt::Debug for Reclaim {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let waiting = matches!(self.state, ReclaimState::Waiting { .. });
-        f.debug_struct("Reclaim")
-            .field("waiting", &waiting)
-            .finish_non_exhaustive()
-    }
-}
-
-/// [`Lender::close_async`](crate::Lender::close_async): a [`Reclaim`] that closes the
-/// fd on the polling thread once every loan is back, and resolves to the `close(2)`
-/// result. Dropped early, it defers the close to the last loan.
-#[must_use = "futures do nothing unless polled; dropping it defers the close"]
-#[derive(Debug)]
-pub struct CloseFuture {
-    reclaim: Reclaim,
-}
-
-impl CloseFuture {
-    pub(crate) fn new(reclaim: Reclaim) -> CloseFuture {
-        CloseFuture { reclaim }
-    }
-}
-
-impl Future for CloseFuture {
-    type Output = io::Result<()>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.reclaim)
-            .poll(cx)
-            .map(|fd| close_owned(fd?))
     }
 }
 

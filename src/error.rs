@@ -204,3 +204,56 @@ impl std::error::Error for RegisterError {
         Some(&self.error)
     }
 }
+
+/// A bounded wait for a close ran out of time: the loans were not all back by the
+/// deadline. Nothing was closed or lost: the owner (a [`Lender`](crate::Lender)) is
+/// handed back lending again, new loans and ticket pins admitted once more, with
+/// [`outstanding`](TimedOut::outstanding) loans still out. Retry, or pick another
+/// close mode.
+pub struct TimedOut<T> {
+    inner: T,
+    fd: RawFd,
+    outstanding: usize,
+}
+
+impl<T> TimedOut<T> {
+    pub(crate) fn new(inner: T, fd: RawFd, outstanding: usize) -> TimedOut<T> {
+        TimedOut {
+            inner,
+            fd,
+            outstanding,
+        }
+    }
+
+    /// What was handed back: the owner, still lending.
+    pub fn into_inner(self) -> T {
+        self.inner
+    }
+
+    /// Loans (and raw tokens, local loans) still out when the wait gave up.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding
+    }
+}
+
+impl<T> fmt::Debug for TimedOut<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TimedOut")
+            .field("fd", &self.fd)
+            .field("outstanding", &self.outstanding)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> fmt::Display for TimedOut<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "close timed out: {} loans of fd {} still out after the deadline; the lender is \
+             handed back",
+            self.outstanding, self.fd
+        )
+    }
+}
+
+impl<T> std::error::Error for TimedOut<T> {}

@@ -1,12 +1,13 @@
 //! The owner of a lent fd: registers it, hands out loans and tickets, and closes it
 //! in whichever of the close modes the caller picks, exactly once.
 
-use crate::close::{self, to_io, CloseFuture, CloseSignal, Closer, Closing, Reclaim};
+use crate::close::{self, to_io, CloseSignal, Closer, Closing};
 use crate::error::{LendError, RegisterError};
 use crate::fd;
 use crate::liveness;
 use crate::loan::{Epoch, Loan, LocalLoan, OwnerRef, Ticket};
 use crate::raw::RawLoan;
+use crate::reclaim::{CloseFuture, Reclaim};
 use crate::sync::Arc;
 use crate::table;
 use std::fmt;
@@ -57,6 +58,13 @@ impl Lender {
         Ok(Lender {
             owner: Some(Rc::new(OwnerRef::new(record, raw, epoch))),
         })
+    }
+
+    /// The owner again, from its reference taken back by a bounded close.
+    pub(crate) fn from_owner(owner: OwnerRef) -> Lender {
+        Lender {
+            owner: Some(Rc::new(owner)),
+        }
     }
 
     fn owner(&self) -> &Rc<OwnerRef> {
@@ -180,10 +188,10 @@ impl Lender {
             Ok(fd) => Reclaim::ready(fd),
             Err(lender) => {
                 let owner = lender.take_owner();
-                let fd = owner.fd;
-                let signal = CloseSignal::new(Closer::Owner, fd, local_loans(&owner));
-                begin_close(owner, Some(Arc::clone(&signal)));
-                Reclaim::waiting(fd, signal)
+                let signal = CloseSignal::new(Closer::Owner, owner.fd, local_loans(&owner));
+                let reclaim = Reclaim::waiting(&owner, Arc::clone(&signal));
+                begin_close(owner, Some(signal));
+                reclaim
             }
         }
     }
@@ -201,7 +209,7 @@ impl Lender {
         }
     }
 
-    fn outstanding_local(&self) -> usize {
+    pub(crate) fn outstanding_local(&self) -> usize {
         local_loans(self.owner())
     }
 

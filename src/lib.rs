@@ -63,6 +63,7 @@
     clippy::missing_safety_doc
 )]
 
+mod bounded;
 mod close;
 mod error;
 mod fd;
@@ -74,18 +75,20 @@ mod lender;
 mod liveness;
 mod loan;
 mod raw;
+mod reclaim;
 mod record;
 mod sharded;
 mod sync;
 mod table;
 
-pub use close::{CloseFuture, Closing, Reclaim};
-pub use error::{LendError, RegisterError};
+pub use close::Closing;
+pub use error::{LendError, RegisterError, TimedOut};
 #[cfg(not(loom))]
 pub use io::{LentRegion, RegionError, RegionTicket};
 pub use lender::Lender;
 pub use loan::{current_epoch, is_current, Epoch, Loan, LocalLoan, Ticket};
 pub use raw::{return_fd, return_raw, RawLoan};
+pub use reclaim::{CloseFuture, Reclaim};
 pub use sharded::{ShardedLender, SharedLoan};
 
 static_assertions::assert_impl_all!(Loan: Send, Sync, Clone, std::os::fd::AsFd);

@@ -325,6 +325,51 @@ impl Liveness {
         );
     }
 
+    /// Closing (owner released) → Open, counting the owner's reference again: a
+    /// bounded close that ran out of time takes its file back. Refused (with what it
+    /// saw) once the count has reached zero or the word is dead, and while the
+    /// owner's reference is still counted (local loans share it).
+    ///
+    /// Exactly one of this and the drain's claim wins, because both are one
+    /// compare-and-swap on the word and each requires what the other destroys: the
+    /// claim (`release_last`) swaps a zero count for `DEAD`, while this swaps a
+    /// nonzero count, `CLOSING | ORPHANED`, for one more count without them. A
+    /// release that took the count to zero and lost its claim to a pin in flight
+    /// leaves the count above zero again; the reopen may then win, and the pin, which
+    /// read `CLOSING` in its own add, gives its unit back without draining (the
+    /// owner's unit is counted again). So there is never a double close, nor a file
+    /// both reopened and drained; a reopen refused at zero leaves a claim that some
+    /// release in flight is bound to make.
+    pub(crate) fn reopen(&self) -> Result<(), Word> {
+        // Relaxed: see the CAS.
+        let mut current = self.word.load(Ordering::Relaxed);
+        loop {
+            let word = Word(current);
+            if current & DEAD != 0 || word.count() == 0 || word.counts_owner() {
+                return Err(word);
+            }
+            assert!(
+                current & (REVOKED | CLOSING) == CLOSING,
+                "fdlend: reopen of {word:?}, which no closing owner left"
+            );
+            let next = (current & !(CLOSING | ORPHANED)) + 1;
+            // Relaxed: the owner takes back the reference it gave away, and nothing
+            // is published or consumed with it. No drain happens for this close, so
+            // the loans' releases need not happen before anything (the fd stays
+            // open), and the owner's later uses are ordered by its own thread or, for
+            // a new close, by its next `release_owner`.
+            match self.word.compare_exchange_weak(
+                current,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(seen) => current = seen,
+            }
+        }
+    }
+
     /// One more reference by a holder of one, counted as a raw token (`lend_raw`,
     /// `lend_fd`): one `fetch_add` of both units.
     #[inline]
@@ -563,5 +608,37 @@ mod tests {
         assert_eq!(word.release_raw(), Ok(Released::Kept));
         assert_eq!(word.release_raw(), Err(Refusal::NotLent), "a double return");
         assert_eq!(word.load().count(), 2, "the owner and the loan");
+    }
+    #[test]
+    fn a_reopen_and_the_drain_claim_exclude_each_other() {
+        let word = open();
+        word.acquire_held(any).unwrap();
+        word.begin_close();
+        assert_eq!(word.release_owner(), Released::Kept);
+        assert_eq!(
+            word.reopen(),
+            Ok(()),
+            "a loan is out: the owner takes it back"
+        );
+        assert_eq!(word.load().state(), State::Open);
+        assert_eq!(word.load().loans(), 1);
+        assert_eq!(word.release(), Released::Kept, "the owner is counted again");
+        word.begin_close();
+        assert_eq!(word.release_owner(), Released::Drained);
+        assert!(word.reopen().is_err(), "drained: too late");
+        // A pin in flight holds the count up after the last loan's claim failed.
+        let word = open();
+        word.acquire_held(any).unwrap();
+        word.begin_close();
+        assert_eq!(word.release_owner(), Released::Kept);
+        assert!(word.try_acquire_new(any).is_err());
+        assert_eq!(word.release(), Released::Kept);
+        assert_eq!(word.reopen(), Ok(()));
+        assert_eq!(
+            word.release(),
+            Released::Kept,
+            "the pin gives back, no drain"
+        );
+        assert_eq!(word.load(), Word(1));
     }
 }
