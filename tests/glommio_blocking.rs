@@ -47,10 +47,16 @@ fn another_executor_reads_lent_regions_on_its_blocking_pool_and_keeps_running() 
                 let expected: Vec<u8> = (0..2).flat_map(|i| expected_block(31, i)).collect();
                 assert_eq!(bytes, expected[100..5100]);
                 // Unaligned, crossing the end of file: short, no zero padding.
-                let tail = whole.read_at((BLOCKS * BLOCK - 10) as u64, 100).await.unwrap();
+                let tail = whole
+                    .read_at((BLOCKS * BLOCK - 10) as u64, 100)
+                    .await
+                    .unwrap();
                 assert_eq!(tail, expected_block(31, BLOCKS - 1)[BLOCK - 10..]);
                 for i in 0..200 {
-                    let block = whole.read_at((i % BLOCKS * BLOCK) as u64, BLOCK).await.unwrap();
+                    let block = whole
+                        .read_at((i % BLOCKS * BLOCK) as u64, BLOCK)
+                        .await
+                        .unwrap();
                     assert_eq!(block, expected_block(31, i % BLOCKS));
                 }
                 assert!(turns.get() > 0, "the executor ran other tasks meanwhile");
@@ -75,7 +81,11 @@ fn reads_whose_range_overflows_are_refused_with_invalid_input_not_a_panic() {
         let reader = BlockingReader::new(file.loan().unwrap());
         for (pos, size) in [(1, usize::MAX), (u64::MAX, 1), (i64::MAX as u64, 1)] {
             let error = reader.read_at(pos, size).await.unwrap_err();
-            assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput, "read_at({pos}, {size})");
+            assert_eq!(
+                error.kind(),
+                std::io::ErrorKind::InvalidInput,
+                "read_at({pos}, {size})"
+            );
         }
         // A huge read inside the offset range is sized by the file, not the request.
         let all = reader.read_at(0, isize::MAX as usize).await.unwrap();

@@ -339,12 +339,20 @@ fn reads_whose_range_overflows_are_refused_with_invalid_input_not_a_panic() {
         for (pos, size) in [(1, usize::MAX), (u64::MAX, 1), (i64::MAX as u64, 1)] {
             let error = borrowed.read_at(pos, size).await.unwrap_err();
             let error = std::io::Error::from(error);
-            assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput, "read_at({pos}, {size})");
+            assert_eq!(
+                error.kind(),
+                std::io::ErrorKind::InvalidInput,
+                "read_at({pos}, {size})"
+            );
         }
         for (pos, size) in [(0, usize::MAX), (u64::MAX & !4095, BLOCK)] {
             let error = borrowed.read_at_aligned(pos, size).await.unwrap_err();
             let error = std::io::Error::from(error);
-            assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput, "aligned({pos}, {size})");
+            assert_eq!(
+                error.kind(),
+                std::io::ErrorKind::InvalidInput,
+                "aligned({pos}, {size})"
+            );
         }
         // The file still reads after the refusals.
         let block = borrowed.read_at(BLOCK as u64, BLOCK).await.unwrap();

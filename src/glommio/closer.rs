@@ -53,6 +53,11 @@ impl Slot {
         self.state.borrow_mut().reclaim = Some(reclaim);
     }
 
+    /// Takes the wait back (the owner gave up waiting).
+    pub(super) fn take_reclaim(&self) -> Option<Reclaim> {
+        self.state.borrow_mut().reclaim.take()
+    }
+
     /// Polls the wait begun with [`begin`](Slot::begin).
     pub(super) fn poll_reclaim(&self, cx: &mut Context<'_>) -> Poll<Result<OwnedFd, LendError>> {
         let mut state = self.state.borrow_mut();
@@ -153,7 +158,9 @@ impl Stranded {
 impl Drop for Stranded {
     fn drop(&mut self) {
         for entry in self.watched.get_mut().drain(..) {
-            let Some(slot) = entry.upgrade() else { continue };
+            let Some(slot) = entry.upgrade() else {
+                continue;
+            };
             let mut state = slot.state.borrow_mut();
             // Alive at thread exit: its closer (or the future awaiting the wait) was
             // leaked with an executor of this thread, so glommio can no longer touch

@@ -1,11 +1,15 @@
 //! [`LentDmaFile`]: the executor's own `DmaFile`, its fd lent through a [`Lender`].
 
 use super::closer::Slot;
-use crate::{LendError, Lender, LentRegion, Loan, LocalLoan, RegionError, Ticket};
+use crate::{LendError, Lender, LentRegion, Loan, LocalLoan, RegionError, Ticket, TimedOut};
 use ::glommio::io::DmaFile;
 use std::fmt;
+use std::future::Future;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::pin::pin;
 use std::rc::Rc;
+use std::task::Poll;
+use std::time::Duration;
 
 /// A glommio [`DmaFile`] whose fd is lent to other threads.
 ///
@@ -17,7 +21,8 @@ use std::rc::Rc;
 /// `close(2)`: glommio queues its close behind every op of the file it still has
 /// queued (a write future polled once and then forgotten, say), so such an op can
 /// never land on a later file that reuses the fd number. Close it with
-/// [`close`](LentDmaFile::close). Dropping it instead closes
+/// [`close`](LentDmaFile::close) (or the bounded
+/// [`close_timeout`](LentDmaFile::close_timeout)). Dropping it instead closes
 /// through glommio at once if nothing is lent, else from a task on this executor once
 /// the last loan is back.
 ///
@@ -140,22 +145,60 @@ impl LentDmaFile {
             slot: &slot,
         };
         let reclaimed = std::future::poll_fn(|cx| slot.poll_reclaim(cx)).await;
-        let dma = waiting.dma.take().expect("fdlend: taken once");
-        slot.finish();
-        match reclaimed {
-            Ok(fd) => {
-                // Every loan is back and fdlend's slot is free: give up its ownership
-                // so the DmaFile is the fd's one owner again. No await point from here
-                // to the hand-over, so a cancelled future cannot split them.
-                let _ = fd.into_raw_fd();
-                Ok(*dma)
+        waiting.reclaimed(reclaimed)
+    }
+
+    /// As [`reclaim`](LentDmaFile::reclaim), giving up after `timeout` (a glommio
+    /// timer): then the wrapper comes back, lending again, in a [`TimedOut`] that
+    /// says how many loans are still out. A loan that never returns (its holder's
+    /// task leaked with a dropped executor, say) can hold a close forever; this one
+    /// returns, with the fd still open and still this file.
+    pub async fn reclaim_timeout(
+        self,
+        timeout: Duration,
+    ) -> Result<Result<DmaFile, LendError>, TimedOut<LentDmaFile>> {
+        let (dma, lender, slot) = self.into_parts();
+        slot.begin(lender.reclaim());
+        let mut waiting = ParkOnDrop {
+            dma: Some(dma),
+            slot: &slot,
+        };
+        let mut timer = pin!(::glommio::timer::sleep(timeout));
+        let reclaimed = std::future::poll_fn(|cx| match slot.poll_reclaim(cx) {
+            Poll::Ready(reclaimed) => Poll::Ready(Some(reclaimed)),
+            Poll::Pending => timer.as_mut().poll(cx).map(|()| None),
+        })
+        .await;
+        if let Some(reclaimed) = reclaimed {
+            return Ok(waiting.reclaimed(reclaimed));
+        }
+        let reclaim = slot.take_reclaim().expect("fdlend: the wait begun above");
+        match reclaim.abort() {
+            Ok(lender) => {
+                let dma = waiting.dma.take().expect("fdlend: taken once");
+                let (fd, outstanding) = (lender.as_raw_fd(), lender.outstanding());
+                let file = LentDmaFile {
+                    dma: Some(dma),
+                    lender: Some(lender),
+                    slot: Rc::clone(&slot),
+                };
+                Err(TimedOut::new(file, fd, outstanding))
             }
-            Err(error) => {
-                // The last local loan closes the fd (fdlend's deferred close); the
-                // DmaFile must not close it too.
-                std::mem::forget(dma);
-                Err(error)
-            }
+            // The last loan came back as the timer fired.
+            Err(reclaimed) => Ok(waiting.reclaimed(reclaimed)),
+        }
+    }
+
+    /// As [`close`](LentDmaFile::close), giving up after `timeout`: the wrapper
+    /// comes back in a [`TimedOut`], lending again, and nothing is closed. See
+    /// [`reclaim_timeout`](LentDmaFile::reclaim_timeout).
+    pub async fn close_timeout(
+        self,
+        timeout: Duration,
+    ) -> Result<::glommio::Result<(), ()>, TimedOut<LentDmaFile>> {
+        match self.reclaim_timeout(timeout).await? {
+            Ok(dma) => Ok(dma.close().await),
+            Err(error) => Ok(Err(::glommio::GlommioError::IoError(error.into()))),
         }
     }
 
@@ -214,6 +257,29 @@ impl Drop for LentDmaFile {
 struct ParkOnDrop<'a> {
     dma: Option<Box<DmaFile>>,
     slot: &'a Slot,
+}
+
+impl ParkOnDrop<'_> {
+    /// The outcome of a finished wait: the `DmaFile`, again the fd's one owner.
+    fn reclaimed(&mut self, reclaimed: Result<OwnedFd, LendError>) -> Result<DmaFile, LendError> {
+        let dma = self.dma.take().expect("fdlend: taken once");
+        self.slot.finish();
+        match reclaimed {
+            Ok(fd) => {
+                // Every loan is back and fdlend's slot is free: give up its ownership
+                // so the DmaFile is the fd's one owner again. No await point from here
+                // to the hand-over, so a cancelled future cannot split them.
+                let _ = fd.into_raw_fd();
+                Ok(*dma)
+            }
+            Err(error) => {
+                // The last local loan closes the fd (fdlend's deferred close); the
+                // DmaFile must not close it too.
+                std::mem::forget(dma);
+                Err(error)
+            }
+        }
+    }
 }
 
 impl Drop for ParkOnDrop<'_> {

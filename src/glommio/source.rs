@@ -36,7 +36,6 @@ impl From<LentRegion> for BorrowSource {
     }
 }
 
-
 /// The largest end of a read: file offsets are `loff_t`, a signed 64-bit number.
 const MAX_END: u64 = i64::MAX as u64;
 
@@ -88,7 +87,11 @@ mod tests {
             (0, usize::MAX),
         ] {
             let error = covering(pos, size, 4096).unwrap_err();
-            assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput, "{pos} {size}");
+            assert_eq!(
+                error.kind(),
+                std::io::ErrorKind::InvalidInput,
+                "{pos} {size}"
+            );
         }
         // The largest offset a file can have still reads (aligned up within u64).
         assert!(covering(i64::MAX as u64 - 1, 1, 4096).is_ok());
