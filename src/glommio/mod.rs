@@ -40,11 +40,12 @@
 //!     let file = LentDmaFile::new(DmaFile::open("data.bin").await.unwrap()).unwrap();
 //!     let region = file.region(4096, 8192).unwrap();
 //!     let other = std::thread::spawn(move || {
-//!         // A second executor reads the region through its own ring.
+//!         // A second executor reads the region on its blocking pool, never
+//!         // stalling (with `glommio-ring`: `BorrowedDmaFile`, through its ring).
 //!         executor().run(async move {
-//!             let borrowed = BorrowedDmaFile::new(region).await.unwrap();
-//!             borrowed.read_region().await.unwrap().to_vec()
-//!         }) // dropping `borrowed` returned the loan
+//!             let reader = BlockingReader::new(region);
+//!             reader.read_region().await.unwrap()
+//!         }) // dropping `reader` returned the loan
 //!     });
 //!     // The owner keeps reading through glommio meanwhile.
 //!     let head = file.dma().read_at(0, 512).await.unwrap();
