@@ -354,6 +354,20 @@ fn reads_whose_range_overflows_are_refused_with_invalid_input_not_a_panic() {
                 "aligned({pos}, {size})"
             );
         }
+        // read_many: the iovecs before the overflowing one, then the error, then
+        // the end.
+        let iovs = futures_lite::stream::iter(vec![(0u64, BLOCK), (1, usize::MAX), (0, BLOCK)]);
+        let mut results = borrowed.read_many(
+            iovs,
+            MergedBufferLimit::NoMerging,
+            ReadAmplificationLimit::NoAmplification,
+        );
+        let ((pos, _), first) = results.next().await.unwrap().unwrap();
+        assert_eq!((pos, &first[..]), (0, &expected_block(23, 0)[..]));
+        let error = std::io::Error::from(results.next().await.unwrap().unwrap_err());
+        assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(results.next().await.is_none());
+        drop(results);
         // The file still reads after the refusals.
         let block = borrowed.read_at(BLOCK as u64, BLOCK).await.unwrap();
         assert_eq!(&block[..], &expected_block(23, 1)[..]);

@@ -1,6 +1,7 @@
 //! [`BorrowedDmaFile`]: a lent fd read through another executor's own ring.
 
 // Reached only against unpatched glommio, to fail the build with a hint (patch.rs).
+use super::checked_iovs::{refused_error, CheckedIovs, Refused};
 #[allow(unused_imports)]
 use super::patch::UnpatchedGlommio as _;
 use super::source::covering;
@@ -136,7 +137,9 @@ impl BorrowedDmaFile {
     /// glommio's `read_many`: many reads, coalesced and deduplicated, results in
     /// order; see `DmaFile::read_many` for the limits. A read crossing end of file
     /// comes back short, trimmed at the file's size when the call was made (glommio
-    /// 0.9 pads it with zeroes instead).
+    /// 0.9 pads it with zeroes instead). An iovec whose range ends past the largest
+    /// file offset ends the request: the results of the iovecs before it, then an
+    /// `InvalidInput` error (glommio would panic on it).
     pub fn read_many<'a, V, S>(
         &'a self,
         iovs: S,
@@ -152,9 +155,12 @@ impl BorrowedDmaFile {
         let end = nix::sys::stat::fstat(self.lent.loan())
             .map(|stat| stat.st_size as u64)
             .unwrap_or(u64::MAX);
+        let refused = Refused::default();
+        let iovs = CheckedIovs::new(iovs, Rc::clone(&refused));
         ReadMany {
             inner: Box::pin(self.dma().read_many(iovs, buffer_limit, read_amp_limit)),
             end,
+            refused,
             _lent: Rc::clone(&self.lent),
         }
     }
@@ -231,6 +237,7 @@ impl fmt::Debug for BorrowedDmaFile {
 pub struct ReadMany<'a, V> {
     inner: Pin<Box<dyn Stream<Item = ReadManyItem<V>> + 'a>>,
     end: u64,
+    refused: Refused,
     _lent: Rc<BorrowSource>,
 }
 
@@ -243,6 +250,11 @@ impl<V: IoVec> Stream for ReadMany<'_, V> {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let end = self.end;
         let next = std::task::ready!(self.inner.as_mut().poll_next(cx));
+        if next.is_none() {
+            if let Some((pos, size)) = self.refused.take() {
+                return Poll::Ready(Some(Err(refused_error(pos, size).into())));
+            }
+        }
         Poll::Ready(next.map(|result| {
             result.map(|(iovec, bytes)| {
                 let in_file = end.saturating_sub(iovec.pos());

@@ -101,6 +101,8 @@
 mod blocking;
 #[cfg(feature = "glommio-ring")]
 mod borrowed;
+#[cfg(feature = "glommio-ring")]
+mod checked_iovs;
 mod closer;
 mod lent;
 #[cfg(feature = "glommio-ring")]
