@@ -165,12 +165,15 @@ impl Drop for Stranded {
             // Alive at thread exit: its closer (or the future awaiting the wait) was
             // leaked with an executor of this thread, so glommio can no longer touch
             // the fd. Dropping the Reclaim hands the close to the last loan (or
-            // closes now); the file is never dropped, so glommio never closes too.
+            // closes now). The parked file is dropped too: its reactor is gone (the
+            // executor was dropped before the thread's locals), so glommio's drop
+            // queues no close, it only frees memory. (An executor kept alive past this
+            // point, leaked or in a later thread-local, can never run again either.)
             if let Some(reclaim) = state.reclaim.take() {
+                let parked = state.parked.take();
+                drop(state);
                 drop(reclaim);
-                if let Some(dma) = state.parked.take() {
-                    std::mem::forget(dma);
-                }
+                drop(parked);
             }
         }
     }
