@@ -44,28 +44,34 @@ impl LentDmaFile {
     ///
     /// # Panics
     ///
-    /// Outside a glommio executor (it spawns the task that closes the file after the
-    /// last loan, if the wrapper is dropped first).
+    /// Outside a glommio executor: it spawns one small task per file, which closes
+    /// the file after the last loan if the wrapper is dropped first.
     pub fn new(dma: DmaFile) -> Result<LentDmaFile, RegisterDmaError> {
         Self::with_max_loans(dma, Lender::MAX_LOANS)
     }
 
     /// As [`new`](LentDmaFile::new), with at most `max_loans` loans out at once.
     pub fn with_max_loans(dma: DmaFile, max_loans: u32) -> Result<LentDmaFile, RegisterDmaError> {
+        // Spawned first: glommio panics outside an executor, and nothing may own the
+        // fd twice while a panic unwinds.
+        let slot = Slot::spawn();
         // SAFETY: a second owner of the DmaFile's fd, for the Lender's bookkeeping
-        // only. The Lender is never dropped or closed: every path that retires it
+        // only; exactly one of the two closes it. Every path that retires the Lender
         // (`reclaim`, `into_dma_file`, `Drop`, a refused registration) takes the fd
-        // back with `into_owned_fd`/`reclaim` and forgets it, so the DmaFile, the
-        // fd's real owner, closes it once through glommio. SAFETY.md, "glommio
-        // adapter".
+        // back with `into_owned_fd`/`reclaim` and forgets it, so the DmaFile closes
+        // it once through glommio. The two paths where fdlend closes instead (local
+        // loans refusing a reclaim; a wait stranded by a dropped executor, closer.rs)
+        // forget the DmaFile or drop it with its reactor gone, so glommio does not.
+        // SAFETY.md, "glommio adapter".
         let shared = unsafe { OwnedFd::from_raw_fd(dma.as_raw_fd()) };
         match Lender::with_max_loans(shared, max_loans) {
             Ok(lender) => Ok(LentDmaFile {
                 dma: Some(Box::new(dma)),
                 lender: Some(lender),
-                slot: Slot::spawn(),
+                slot,
             }),
             Err(refused) => {
+                slot.finish();
                 let error = refused.error();
                 // The DmaFile remains the fd's only owner.
                 let _ = refused.into_fd().into_raw_fd();
