@@ -33,15 +33,15 @@ fn another_executor_reads_lent_regions_on_its_blocking_pool_and_keeps_running() 
                 let whole = BlockingReader::new(loan);
                 // A task that counts executor turns while the reads run elsewhere.
                 let turns = Rc::new(Cell::new(0u32));
+                let stop = Rc::new(Cell::new(false));
                 let ticker = {
-                    let turns = Rc::clone(&turns);
+                    let (turns, stop) = (Rc::clone(&turns), Rc::clone(&stop));
                     glommio::spawn_local(async move {
-                        loop {
+                        while !stop.get() {
                             turns.set(turns.get() + 1);
                             glommio::timer::sleep(Duration::from_micros(100)).await;
                         }
                     })
-                    .detach()
                 };
                 let bytes = region.read_region().await.unwrap();
                 let expected: Vec<u8> = (0..2).flat_map(|i| expected_block(31, i)).collect();
@@ -60,7 +60,8 @@ fn another_executor_reads_lent_regions_on_its_blocking_pool_and_keeps_running() 
                     assert_eq!(block, expected_block(31, i % BLOCKS));
                 }
                 assert!(turns.get() > 0, "the executor ran other tasks meanwhile");
-                ticker.cancel();
+                stop.set(true);
+                ticker.await;
                 assert_eq!(fds_naming(&path), before + 1, "nothing opened");
             })
         });

@@ -32,6 +32,7 @@ fn a_loan_leaked_with_its_executor_makes_the_bounded_close_time_out_with_the_fil
                 glommio::spawn_local(async move {
                     let block = reader.read_at(0, BLOCK).await.unwrap();
                     assert_eq!(block, expected_block(41, 0));
+                    drop(block);
                     std::future::pending::<()>().await;
                     drop(reader);
                 })
