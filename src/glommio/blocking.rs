@@ -19,6 +19,10 @@ use std::sync::Arc;
 /// holds the loan too (the pool thread does), so the owner's close waits for reads
 /// that are still running even if their futures were dropped.
 ///
+/// A read future dropped before it resolves lets its `pread` finish on the pool
+/// (holding the loan until then); glommio 0.9's `spawn_blocking` then never frees
+/// that read's buffer.
+///
 /// It costs a thread hand-off per read (README, "glommio", gives the measured cost
 /// against the ring path); with the `glommio-ring` feature and fdlend's patched
 /// glommio, `BorrowedDmaFile` reads through the executor's own io_uring instead.
