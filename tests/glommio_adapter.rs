@@ -18,6 +18,7 @@ const BLOCKS: usize = 64;
 
 #[test]
 fn std_threads_read_regions_through_the_dma_files_own_fd() {
+    let _serial = serial();
     let dir = disk_dir("adapter-read");
     let path = dir.join("data");
     write_tagged(&path, 7, BLOCKS);
@@ -64,6 +65,7 @@ fn std_threads_read_regions_through_the_dma_files_own_fd() {
 
 #[test]
 fn close_resolves_only_after_the_last_loan_is_back() {
+    let _serial = serial();
     let dir = disk_dir("adapter-close");
     let path = dir.join("data");
     write_tagged(&path, 3, BLOCKS);
@@ -111,6 +113,7 @@ fn close_resolves_only_after_the_last_loan_is_back() {
 
 #[test]
 fn reclaim_with_local_loans_alive_here_refuses_and_the_last_local_loan_closes() {
+    let _serial = serial();
     let dir = disk_dir("adapter-reclaim");
     let path = dir.join("data");
     write_tagged(&path, 4, BLOCKS);
@@ -137,6 +140,7 @@ fn reclaim_with_local_loans_alive_here_refuses_and_the_last_local_loan_closes() 
 
 #[test]
 fn reclaim_gives_the_dma_file_back_unclosed() {
+    let _serial = serial();
     let dir = disk_dir("adapter-reclaim-unclosed");
     let path = dir.join("data");
     write_tagged(&path, 4, BLOCKS);
@@ -157,6 +161,7 @@ fn reclaim_gives_the_dma_file_back_unclosed() {
 
 #[test]
 fn into_dma_file_only_when_nothing_is_lent() {
+    let _serial = serial();
     let dir = disk_dir("adapter-into");
     let path = dir.join("data");
     write_tagged(&path, 5, 4);
@@ -182,6 +187,7 @@ fn into_dma_file_only_when_nothing_is_lent() {
 /// loan, then glommio closes the fd (behind any op it still has queued for it).
 #[test]
 fn dropping_the_wrapper_with_loans_out_closes_through_glommio_after_the_last_loan() {
+    let _serial = serial();
     let dir = disk_dir("adapter-drop");
     let path = dir.join("data");
     write_tagged(&path, 6, BLOCKS);
@@ -216,6 +222,7 @@ fn dropping_the_wrapper_with_loans_out_closes_through_glommio_after_the_last_loa
 
 #[test]
 fn dropping_an_unlent_wrapper_closes_through_glommio() {
+    let _serial = serial();
     let dir = disk_dir("adapter-drop-unlent");
     let path = dir.join("data");
     write_tagged(&path, 8, 4);
@@ -246,6 +253,7 @@ fn fd_of(dma: &DmaFile) -> std::os::fd::BorrowedFd<'_> {
 /// prints the choice.
 #[test]
 fn glommio_reads_succeed_on_this_disk() {
+    let _serial = serial();
     let dir = disk_dir("adapter-ring");
     let path = dir.join("data");
     write_tagged(&path, 9, 16);
@@ -274,6 +282,7 @@ fn glommio_reads_succeed_on_this_disk() {
 /// the `O_DIRECT`-aware path, and sendfile from another thread.
 #[test]
 fn lent_regions_of_a_dma_file_read_and_send_on_std_threads() {
+    let _serial = serial();
     use fdlend::LentRegion;
     use std::io::Read;
     use std::os::unix::net::UnixStream;

@@ -17,6 +17,7 @@ const BLOCKS: usize = 16;
 
 #[test]
 fn another_executor_reads_lent_regions_on_its_blocking_pool_and_keeps_running() {
+    let _serial = serial();
     let dir = disk_dir("blocking-read");
     let path = dir.join("data");
     write_tagged(&path, 31, BLOCKS);
@@ -74,6 +75,7 @@ fn another_executor_reads_lent_regions_on_its_blocking_pool_and_keeps_running() 
 
 #[test]
 fn reads_whose_range_overflows_are_refused_with_invalid_input_not_a_panic() {
+    let _serial = serial();
     let dir = disk_dir("blocking-overflow");
     let path = dir.join("data");
     write_tagged(&path, 32, 2);

@@ -17,6 +17,7 @@ const BLOCKS: usize = 4;
 
 #[test]
 fn a_loan_leaked_with_its_executor_makes_the_bounded_close_time_out_with_the_file_open() {
+    let _serial = serial();
     let dir = disk_dir("bounded-leaked");
     let path = dir.join("data");
     write_tagged(&path, 41, BLOCKS);
@@ -70,6 +71,7 @@ fn a_loan_leaked_with_its_executor_makes_the_bounded_close_time_out_with_the_fil
 
 #[test]
 fn a_timed_out_close_leaves_the_file_lending_and_a_later_one_closes() {
+    let _serial = serial();
     let dir = disk_dir("bounded-retry");
     let path = dir.join("data");
     write_tagged(&path, 42, BLOCKS);

@@ -56,6 +56,7 @@ fn assert_untouched(path: &Path, id: u32) {
 
 #[test]
 fn a_forgotten_write_never_lands_in_the_file_that_reuses_the_number() {
+    let _serial = serial();
     let dir = disk_dir("close-order");
     let lent_path = dir.join("lent");
     let other_path = dir.join("other");
@@ -86,6 +87,7 @@ fn a_forgotten_write_never_lands_in_the_file_that_reuses_the_number() {
 
 #[test]
 fn with_loans_out_the_close_waits_for_them_then_glommio_closes_behind_its_ops() {
+    let _serial = serial();
     let dir = disk_dir("close-order-lent");
     let lent_path = dir.join("lent");
     let other_path = dir.join("other");
