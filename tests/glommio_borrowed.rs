@@ -2,7 +2,7 @@
 //! lent by the first through its own ring; the owner's close waits for it; the fd is
 //! closed exactly once and never touched after. Its own binary, because it counts
 //! `/proc/self/fd` entries and watches reused fd numbers.
-#![cfg(feature = "glommio")]
+#![cfg(feature = "glommio-ring")]
 
 mod glommio_common;
 
@@ -325,4 +325,53 @@ fn a_loan_of_a_pipe_is_refused_and_comes_back_intact() {
     assert_eq!(&buf, b"still lent");
     drop(loan);
     lender.close_wait().unwrap();
+}
+
+#[test]
+fn reads_whose_range_overflows_are_refused_with_invalid_input_not_a_panic() {
+    let _serial = one_at_a_time();
+    let dir = disk_dir("borrowed-overflow");
+    let path = dir.join("data");
+    write_tagged(&path, 23, 4);
+    run(async {
+        let file = LentDmaFile::new(DmaFile::open(&path).await.unwrap()).unwrap();
+        let borrowed = BorrowedDmaFile::new(file.loan().unwrap()).await.unwrap();
+        for (pos, size) in [(1, usize::MAX), (u64::MAX, 1), (i64::MAX as u64, 1)] {
+            let error = borrowed.read_at(pos, size).await.unwrap_err();
+            let error = std::io::Error::from(error);
+            assert_eq!(
+                error.kind(),
+                std::io::ErrorKind::InvalidInput,
+                "read_at({pos}, {size})"
+            );
+        }
+        for (pos, size) in [(0, usize::MAX), (!4095, BLOCK)] {
+            let error = borrowed.read_at_aligned(pos, size).await.unwrap_err();
+            let error = std::io::Error::from(error);
+            assert_eq!(
+                error.kind(),
+                std::io::ErrorKind::InvalidInput,
+                "aligned({pos}, {size})"
+            );
+        }
+        // read_many: the iovecs before the overflowing one, then the error, then
+        // the end.
+        let iovs = futures_lite::stream::iter(vec![(0u64, BLOCK), (1, usize::MAX), (0, BLOCK)]);
+        let mut results = borrowed.read_many(
+            iovs,
+            MergedBufferLimit::NoMerging,
+            ReadAmplificationLimit::NoAmplification,
+        );
+        let ((pos, _), first) = results.next().await.unwrap().unwrap();
+        assert_eq!((pos, &first[..]), (0, &expected_block(23, 0)[..]));
+        let error = std::io::Error::from(results.next().await.unwrap().unwrap_err());
+        assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(results.next().await.is_none());
+        drop(results);
+        // The file still reads after the refusals.
+        let block = borrowed.read_at(BLOCK as u64, BLOCK).await.unwrap();
+        assert_eq!(&block[..], &expected_block(23, 1)[..]);
+        drop(borrowed);
+        file.close().await.unwrap();
+    });
 }

@@ -1,5 +1,11 @@
 //! [`BorrowedDmaFile`]: a lent fd read through another executor's own ring.
 
+// Reached only against unpatched glommio, to fail the build with a hint (patch.rs).
+use super::checked_iovs::{refused_error, CheckedIovs, Refused};
+#[allow(unused_imports)]
+use super::patch::UnpatchedGlommio as _;
+use super::source::covering;
+use super::BorrowSource;
 use crate::{LentRegion, Loan};
 use ::glommio::io::{DmaFile, IoVec, MergedBufferLimit, ReadAmplificationLimit, ReadResult};
 use ::glommio::GlommioError;
@@ -43,38 +49,6 @@ pub struct BorrowedDmaFile {
     // Shared with every read future and stream started here: the fd stays open
     // while any of them, or `self`, is alive.
     lent: Rc<BorrowSource>,
-}
-
-/// What a [`BorrowedDmaFile`] holds to keep the fd open: a whole-file loan or a
-/// region (whose loan covers the whole fd; the range is for
-/// [`read_region`](BorrowedDmaFile::read_region)).
-#[derive(Debug)]
-pub enum BorrowSource {
-    /// A loan of the fd.
-    Loan(Loan),
-    /// A lent byte range of the fd.
-    Region(LentRegion),
-}
-
-impl BorrowSource {
-    fn loan(&self) -> &Loan {
-        match self {
-            BorrowSource::Loan(loan) => loan,
-            BorrowSource::Region(region) => region.loan(),
-        }
-    }
-}
-
-impl From<Loan> for BorrowSource {
-    fn from(loan: Loan) -> BorrowSource {
-        BorrowSource::Loan(loan)
-    }
-}
-
-impl From<LentRegion> for BorrowSource {
-    fn from(region: LentRegion) -> BorrowSource {
-        BorrowSource::Region(region)
-    }
 }
 
 impl BorrowedDmaFile {
@@ -122,11 +96,7 @@ impl BorrowedDmaFile {
     pub async fn read_at(&self, pos: u64, size: usize) -> ::glommio::Result<ReadResult, ()> {
         let _lent = Rc::clone(&self.lent);
         let dma = self.dma();
-        let start = dma.align_down(pos);
-        let skip = (pos - start) as usize;
-        let span = usize::try_from(dma.align_up(skip as u64 + size as u64)).map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "read larger than memory")
-        })?;
+        let (start, span, skip) = covering(pos, size, dma.alignment())?;
         let covering = dma.read_at_aligned(start, span).await?;
         let len = size.min(covering.len().saturating_sub(skip));
         Ok(ReadResult::slice(&covering, skip, len).expect("fdlend: a slice of what was read"))
@@ -141,6 +111,7 @@ impl BorrowedDmaFile {
         size: usize,
     ) -> ::glommio::Result<ReadResult, ()> {
         let _lent = Rc::clone(&self.lent);
+        covering(pos, size, 1)?;
         self.dma().read_at_aligned(pos, size).await
     }
 
@@ -166,7 +137,9 @@ impl BorrowedDmaFile {
     /// glommio's `read_many`: many reads, coalesced and deduplicated, results in
     /// order; see `DmaFile::read_many` for the limits. A read crossing end of file
     /// comes back short, trimmed at the file's size when the call was made (glommio
-    /// 0.9 pads it with zeroes instead).
+    /// 0.9 pads it with zeroes instead). An iovec whose range ends past the largest
+    /// file offset ends the request: the results of the iovecs before it, then an
+    /// `InvalidInput` error (glommio would panic on it).
     pub fn read_many<'a, V, S>(
         &'a self,
         iovs: S,
@@ -182,9 +155,12 @@ impl BorrowedDmaFile {
         let end = nix::sys::stat::fstat(self.lent.loan())
             .map(|stat| stat.st_size as u64)
             .unwrap_or(u64::MAX);
+        let refused = Refused::default();
+        let iovs = CheckedIovs::new(iovs, Rc::clone(&refused));
         ReadMany {
             inner: Box::pin(self.dma().read_many(iovs, buffer_limit, read_amp_limit)),
             end,
+            refused,
             _lent: Rc::clone(&self.lent),
         }
     }
@@ -261,6 +237,7 @@ impl fmt::Debug for BorrowedDmaFile {
 pub struct ReadMany<'a, V> {
     inner: Pin<Box<dyn Stream<Item = ReadManyItem<V>> + 'a>>,
     end: u64,
+    refused: Refused,
     _lent: Rc<BorrowSource>,
 }
 
@@ -273,6 +250,11 @@ impl<V: IoVec> Stream for ReadMany<'_, V> {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let end = self.end;
         let next = std::task::ready!(self.inner.as_mut().poll_next(cx));
+        if next.is_none() {
+            if let Some((pos, size)) = self.refused.take() {
+                return Poll::Ready(Some(Err(refused_error(pos, size).into())));
+            }
+        }
         Poll::Ready(next.map(|result| {
             result.map(|(iovec, bytes)| {
                 let in_file = end.saturating_sub(iovec.pos());

@@ -1,14 +1,15 @@
 //! [`LentDmaFile`]: the executor's own `DmaFile`, its fd lent through a [`Lender`].
 
-use crate::{LendError, Lender, LentRegion, Loan, LocalLoan, Reclaim, RegionError, Ticket};
+use super::closer::Slot;
+use crate::{LendError, Lender, LentRegion, Loan, LocalLoan, RegionError, Ticket, TimedOut};
 use ::glommio::io::DmaFile;
-use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
-use std::pin::Pin;
-use std::rc::{Rc, Weak};
-use std::task::{Context, Poll};
+use std::pin::pin;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::Duration;
 
 /// A glommio [`DmaFile`] whose fd is lent to other threads.
 ///
@@ -16,38 +17,61 @@ use std::task::{Context, Poll};
 /// [`Loan`]s (or [`Ticket`]s) from [`loan`](LentDmaFile::loan) and read with `pread`,
 /// `O_DIRECT` reads or `sendfile` on the very same fd. `!Send`, like both halves.
 ///
-/// Close it with [`close`](LentDmaFile::close). Dropping it instead is a deferred
-/// close by fdlend (now if nothing is lent, else on the thread of the last returning
-/// loan).
+/// The fd is always closed by glommio itself, on this executor, never by fdlend's
+/// `close(2)`: glommio queues its close behind every op of the file it still has
+/// queued (a write future polled once and then forgotten, say), so such an op can
+/// never land on a later file that reuses the fd number. Close it with
+/// [`close`](LentDmaFile::close) (or the bounded
+/// [`close_timeout`](LentDmaFile::close_timeout)). Dropping it instead closes
+/// through glommio at once if nothing is lent, else from a task on this executor once
+/// the last loan is back.
+///
+/// If the executor is dropped while that task (or a `close` future) still waits,
+/// glommio leaks the task; the wait is then given up when this thread exits, and
+/// the last loan closes the fd with `close(2)` (the executor, and every op it had
+/// queued, is gone by then).
 pub struct LentDmaFile {
-    // Declared first so it is dropped first: glommio lets go of the fd number
-    // before fdlend may close it.
-    dma: Unclosing,
-    lender: Lender,
+    // Both `Some` until a consuming method or `Drop` takes them. The lender is never
+    // dropped as is (its drop would `close(2)` the fd glommio owns).
+    dma: Option<Box<DmaFile>>,
+    lender: Option<Lender>,
+    slot: Rc<Slot>,
 }
 
 impl LentDmaFile {
     /// Starts lending `dma`'s fd. Refused, with the `DmaFile` handed back untouched,
     /// when fdlend cannot track that fd (see [`Lender::new`]).
+    ///
+    /// # Panics
+    ///
+    /// Outside a glommio executor: it spawns one small task per file, which closes
+    /// the file after the last loan if the wrapper is dropped first.
     pub fn new(dma: DmaFile) -> Result<LentDmaFile, RegisterDmaError> {
         Self::with_max_loans(dma, Lender::MAX_LOANS)
     }
 
     /// As [`new`](LentDmaFile::new), with at most `max_loans` loans out at once.
     pub fn with_max_loans(dma: DmaFile, max_loans: u32) -> Result<LentDmaFile, RegisterDmaError> {
+        // Spawned first: glommio panics outside an executor, and nothing may own the
+        // fd twice while a panic unwinds.
+        let slot = Slot::spawn();
         // SAFETY: a second owner of the DmaFile's fd, for the Lender's bookkeeping
-        // only. From here on exactly one of the two closes it: `Unclosing` keeps
-        // glommio from ever closing while the Lender exists, and every path that
-        // retires the Lender (`reclaim`, `into_dma_file`, a refused registration)
-        // forgets the OwnedFd before glommio gets the fd back. SAFETY.md, "glommio
-        // adapter".
+        // only; exactly one of the two closes it. Every path that retires the Lender
+        // (`reclaim`, `into_dma_file`, `Drop`, a refused registration) takes the fd
+        // back with `into_owned_fd`/`reclaim` and forgets it, so the DmaFile closes
+        // it once through glommio. The two paths where fdlend closes instead (local
+        // loans refusing a reclaim; a wait stranded by a dropped executor, closer.rs)
+        // forget the DmaFile or drop it with its reactor gone, so glommio does not.
+        // SAFETY.md, "glommio adapter".
         let shared = unsafe { OwnedFd::from_raw_fd(dma.as_raw_fd()) };
         match Lender::with_max_loans(shared, max_loans) {
             Ok(lender) => Ok(LentDmaFile {
-                dma: Unclosing(Some(Box::new(dma))),
-                lender,
+                dma: Some(Box::new(dma)),
+                lender: Some(lender),
+                slot,
             }),
             Err(refused) => {
+                slot.finish();
                 let error = refused.error();
                 // The DmaFile remains the fd's only owner.
                 let _ = refused.into_fd().into_raw_fd();
@@ -61,62 +85,127 @@ impl LentDmaFile {
 
     /// The `DmaFile`, for glommio I/O on the executor.
     pub fn dma(&self) -> &DmaFile {
-        self.dma.get()
+        self.dma
+            .as_ref()
+            .expect("fdlend: the DmaFile is present until consumed")
     }
 
     /// The [`Lender`] of the fd: everything a lender hands out works here.
     pub fn lender(&self) -> &Lender {
-        &self.lender
+        self.lender
+            .as_ref()
+            .expect("fdlend: the Lender is present until consumed")
     }
 
     /// A counted loan for any thread; see [`Lender::loan`].
     pub fn loan(&self) -> Result<Loan, LendError> {
-        self.lender.loan()
+        self.lender().loan()
     }
 
     /// A loan for the executor's own thread, with no atomic operation; see
     /// [`Lender::local_loan`].
     pub fn local_loan(&self) -> LocalLoan {
-        self.lender.local_loan()
+        self.lender().local_loan()
     }
 
     /// A region of the file with a new loan, for [`fdlend::io`](crate::io) reads and
-    /// sends or a [`BorrowedDmaFile`](super::BorrowedDmaFile) on another executor;
-    /// see [`Lender::region`].
+    /// sends or a reader on another executor; see [`Lender::region`].
     pub fn region(&self, offset: u64, len: u64) -> Result<LentRegion, RegionError> {
-        self.lender.region(offset, len)
+        self.lender().region(offset, len)
     }
 
     /// A ticket that holds nothing open; see [`Lender::ticket`].
     pub fn ticket(&self) -> Ticket {
-        self.lender.ticket()
+        self.lender().ticket()
     }
 
     /// Loans, raw tokens and local loans outstanding right now.
     pub fn outstanding(&self) -> usize {
-        self.lender.outstanding()
+        self.lender().outstanding()
+    }
+
+    /// Takes the file apart; `Drop` then finds nothing to do.
+    fn into_parts(mut self) -> (Box<DmaFile>, Lender, Rc<Slot>) {
+        let dma = self.dma.take().expect("fdlend: consumed once");
+        let lender = self.lender.take().expect("fdlend: consumed once");
+        (dma, lender, Rc::clone(&self.slot))
     }
 
     /// Stops lending and resolves to the `DmaFile`, still open and again the fd's
     /// only owner, once every loan is back. New loans and ticket pins are refused
     /// meanwhile. The wait is woken by the thread returning the last loan.
     ///
-    /// Dropped before it resolves, the future hands the close to the last loan,
-    /// as dropping the wrapper does. glommio does not drop a task that is waiting
-    /// when its executor is dropped (the task is leaked); the wait is then given up
-    /// when the executor's thread exits, and the last loan closes the fd.
+    /// Dropped before it resolves, the future hands the file to the close that
+    /// dropping the wrapper does. Leaked with its executor (glommio leaks a task
+    /// still waiting when its executor is dropped), the wait is given up when this
+    /// thread exits and the last loan closes the fd.
     ///
     /// Awaited on this thread while local loans of the file are alive here, it
     /// cannot finish: it fails with `LocalLoansOutstanding` and the last local loan
     /// closes the fd.
     pub async fn reclaim(self) -> Result<DmaFile, LendError> {
-        let LentDmaFile { mut dma, lender } = self;
-        let fd = Reclaiming::new(lender.reclaim()).await?;
-        // Every loan is back and fdlend's slot is free: give up its ownership so
-        // the DmaFile is the fd's one owner again. No await point from here to the
-        // hand-over, so a cancelled future cannot split them.
-        let _ = fd.into_raw_fd();
-        Ok(dma.take())
+        let (dma, lender, slot) = self.into_parts();
+        slot.begin(lender.reclaim());
+        let mut waiting = ParkOnDrop {
+            dma: Some(dma),
+            slot: &slot,
+        };
+        let reclaimed = std::future::poll_fn(|cx| slot.poll_reclaim(cx)).await;
+        waiting.reclaimed(reclaimed)
+    }
+
+    /// As [`reclaim`](LentDmaFile::reclaim), giving up after `timeout` (a glommio
+    /// timer): then the wrapper comes back, lending again, in a [`TimedOut`] that
+    /// says how many loans are still out. A loan that never returns (its holder's
+    /// task leaked with a dropped executor, say) can hold a close forever; this one
+    /// returns, with the fd still open and still this file.
+    pub async fn reclaim_timeout(
+        self,
+        timeout: Duration,
+    ) -> Result<Result<DmaFile, LendError>, TimedOut<LentDmaFile>> {
+        let (dma, lender, slot) = self.into_parts();
+        slot.begin(lender.reclaim());
+        let mut waiting = ParkOnDrop {
+            dma: Some(dma),
+            slot: &slot,
+        };
+        let mut timer = pin!(::glommio::timer::sleep(timeout));
+        let reclaimed = std::future::poll_fn(|cx| match slot.poll_reclaim(cx) {
+            Poll::Ready(reclaimed) => Poll::Ready(Some(reclaimed)),
+            Poll::Pending => timer.as_mut().poll(cx).map(|()| None),
+        })
+        .await;
+        if let Some(reclaimed) = reclaimed {
+            return Ok(waiting.reclaimed(reclaimed));
+        }
+        let reclaim = slot.take_reclaim().expect("fdlend: the wait begun above");
+        match reclaim.abort() {
+            Ok(lender) => {
+                let dma = waiting.dma.take().expect("fdlend: taken once");
+                let (fd, outstanding) = (lender.as_raw_fd(), lender.outstanding());
+                let file = LentDmaFile {
+                    dma: Some(dma),
+                    lender: Some(lender),
+                    slot: Rc::clone(&slot),
+                };
+                Err(TimedOut::new(file, fd, outstanding))
+            }
+            // The last loan came back as the timer fired.
+            Err(reclaimed) => Ok(waiting.reclaimed(reclaimed)),
+        }
+    }
+
+    /// As [`close`](LentDmaFile::close), giving up after `timeout`: the wrapper
+    /// comes back in a [`TimedOut`], lending again, and nothing is closed. See
+    /// [`reclaim_timeout`](LentDmaFile::reclaim_timeout).
+    pub async fn close_timeout(
+        self,
+        timeout: Duration,
+    ) -> Result<::glommio::Result<(), ()>, TimedOut<LentDmaFile>> {
+        match self.reclaim_timeout(timeout).await? {
+            Ok(dma) => Ok(dma.close().await),
+            Err(error) => Ok(Err(::glommio::GlommioError::IoError(error.into()))),
+        }
     }
 
     /// Waits for every loan to come back, then closes the file through glommio's
@@ -132,13 +221,77 @@ impl LentDmaFile {
     /// The `DmaFile` back at once if nothing is lent (tickets turn stale); else the
     /// wrapper, untouched.
     pub fn into_dma_file(self) -> Result<DmaFile, LentDmaFile> {
-        let LentDmaFile { mut dma, lender } = self;
+        let (dma, lender, slot) = self.into_parts();
         match lender.into_owned_fd() {
             Ok(fd) => {
                 let _ = fd.into_raw_fd();
-                Ok(dma.take())
+                slot.finish();
+                Ok(*dma)
             }
-            Err(lender) => Err(LentDmaFile { dma, lender }),
+            Err(lender) => Err(LentDmaFile {
+                dma: Some(dma),
+                lender: Some(lender),
+                slot,
+            }),
+        }
+    }
+}
+
+impl Drop for LentDmaFile {
+    fn drop(&mut self) {
+        let (Some(dma), Some(lender)) = (self.dma.take(), self.lender.take()) else {
+            return;
+        };
+        match lender.into_owned_fd() {
+            Ok(fd) => {
+                // Nothing lent: the DmaFile is the one owner again; its drop queues
+                // glommio's close behind the file's pending ops.
+                let _ = fd.into_raw_fd();
+                self.slot.finish();
+                drop(dma);
+            }
+            Err(lender) => {
+                self.slot.begin(lender.reclaim());
+                self.slot.park(*dma);
+            }
+        }
+    }
+}
+
+/// The `DmaFile` of a [`LentDmaFile::reclaim`] in progress: parked with the closer
+/// if the future is dropped before the loans are back.
+struct ParkOnDrop<'a> {
+    dma: Option<Box<DmaFile>>,
+    slot: &'a Slot,
+}
+
+impl ParkOnDrop<'_> {
+    /// The outcome of a finished wait: the `DmaFile`, again the fd's one owner.
+    fn reclaimed(&mut self, reclaimed: Result<OwnedFd, LendError>) -> Result<DmaFile, LendError> {
+        let dma = self.dma.take().expect("fdlend: taken once");
+        self.slot.finish();
+        match reclaimed {
+            Ok(fd) => {
+                // Every loan is back and fdlend's slot is free: give up its ownership
+                // so the DmaFile is the fd's one owner again. No await point from here
+                // to the hand-over, so a cancelled future cannot split them.
+                let _ = fd.into_raw_fd();
+                Ok(*dma)
+            }
+            Err(error) => {
+                // The last local loan closes the fd (fdlend's deferred close); the
+                // DmaFile must not close it too.
+                std::mem::forget(dma);
+                Err(error)
+            }
+        }
+    }
+}
+
+impl Drop for ParkOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(dma) = self.dma.take() {
+            self.slot.park(*dma);
         }
     }
 }
@@ -151,13 +304,13 @@ impl AsRef<DmaFile> for LentDmaFile {
 
 impl AsFd for LentDmaFile {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.lender.as_fd()
+        self.lender().as_fd()
     }
 }
 
 impl AsRawFd for LentDmaFile {
     fn as_raw_fd(&self) -> RawFd {
-        self.lender.as_raw_fd()
+        self.lender().as_raw_fd()
     }
 }
 
@@ -167,101 +320,6 @@ impl fmt::Debug for LentDmaFile {
             .field("path", &self.dma().path().map(|p| p.to_path_buf()))
             .field("lender", &self.lender)
             .finish()
-    }
-}
-
-/// A `DmaFile` whose drop never closes its fd: while the wrapper lives, fdlend
-/// decides the close. Dropping it detaches the file from glommio (which would
-/// otherwise queue an io_uring close on its reactor, or leak the fd if the reactor
-/// is gone) and gives the fd number up.
-// Boxed: a `DmaFile` is ~120 bytes, and the wrapper travels in `Result`s.
-struct Unclosing(Option<Box<DmaFile>>);
-
-impl Unclosing {
-    fn get(&self) -> &DmaFile {
-        self.0
-            .as_ref()
-            .expect("fdlend: DmaFile present until taken")
-    }
-
-    fn take(&mut self) -> DmaFile {
-        *self.0.take().expect("fdlend: DmaFile taken once")
-    }
-}
-
-impl Drop for Unclosing {
-    fn drop(&mut self) {
-        if let Some(dma) = self.0.take() {
-            // The vendored glommio's `into_raw_fd` (FDLEND-PATCH.md) takes the fd out
-            // of the file, so its drop queues no close, and frees everything else.
-            let _ = dma.into_raw_fd();
-        }
-    }
-}
-
-/// A [`Reclaim`] that the owner's thread gives up when it exits, in case the task
-/// awaiting it was leaked with its executor and will never be polled or dropped.
-struct Reclaiming {
-    pending: Rc<RefCell<Option<Reclaim>>>,
-}
-
-impl Reclaiming {
-    fn new(reclaim: Reclaim) -> Reclaiming {
-        let pending = Rc::new(RefCell::new(Some(reclaim)));
-        // Fails only while this thread's locals are being destroyed: the future is
-        // then dropped with the thread's last frames anyway.
-        let _ = STRANDED.try_with(|stranded| stranded.watch(Rc::downgrade(&pending)));
-        Reclaiming { pending }
-    }
-}
-
-impl Future for Reclaiming {
-    type Output = Result<OwnedFd, LendError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut pending = self.pending.borrow_mut();
-        let reclaim = pending
-            .as_mut()
-            .expect("Reclaiming polled after completion");
-        let fd = std::task::ready!(Pin::new(reclaim).poll(cx));
-        *pending = None;
-        Poll::Ready(fd)
-    }
-}
-
-thread_local! {
-    static STRANDED: Stranded = const { Stranded { watched: RefCell::new(Vec::new()) } };
-}
-
-/// The reclaims started on this thread whose futures may still be alive.
-struct Stranded {
-    watched: RefCell<Vec<Weak<RefCell<Option<Reclaim>>>>>,
-}
-
-impl Stranded {
-    fn watch(&self, pending: Weak<RefCell<Option<Reclaim>>>) {
-        let mut watched = self.watched.borrow_mut();
-        // Finished or dropped futures leave dead entries; pruning at powers of two
-        // keeps the list proportional to the live ones at amortized O(1).
-        if watched.len() >= 16 && watched.len().is_power_of_two() {
-            watched.retain(|entry| entry.strong_count() > 0);
-        }
-        watched.push(pending);
-    }
-}
-
-impl Drop for Stranded {
-    fn drop(&mut self) {
-        for entry in self.watched.get_mut().drain(..) {
-            if let Some(pending) = entry.upgrade() {
-                // Its future lives in a task leaked with an executor of this thread:
-                // it can never be polled again. Dropping the Reclaim hands the close
-                // to the last loan (or closes now if they are all back). The leaked
-                // DmaFile stays in `Unclosing` and is never dropped, so glommio
-                // never closes the fd too.
-                drop(pending.borrow_mut().take());
-            }
-        }
     }
 }
 

@@ -9,20 +9,25 @@
 //!   loans, local loans, tickets, regions and raw tokens behave exactly as for a
 //!   [`Lender`](crate::Lender) (it is one, see [`LentDmaFile::lender`]), while the
 //!   executor keeps using the `DmaFile` itself through [`LentDmaFile::dma`].
-//! - [`BorrowedDmaFile`] (the other side) turns a [`Loan`](crate::Loan) or a
-//!   [`LentRegion`](crate::LentRegion) into glommio reads on *any* executor:
-//!   `read_at`, `read_at_aligned` and `read_many` go through that executor's own
-//!   ring, so a second executor never blocks in `pread`. It never closes the fd;
-//!   dropping it returns the loan.
+//! - On the other side, a [`Loan`](crate::Loan) or a
+//!   [`LentRegion`](crate::LentRegion) is read on *any* executor without stalling
+//!   it: [`BlockingReader`] runs `pread` on that executor's blocking-thread pool
+//!   (crates.io glommio as is); `BorrowedDmaFile` (feature `glommio-ring`, which
+//!   needs fdlend's patched glommio: README, "glommio") reads through that
+//!   executor's own ring with glommio's `read_at`, `read_at_aligned` and
+//!   `read_many`. Neither opens nor closes anything; dropping one returns its loan.
 //!
 //! Closing is async and well-ordered: [`LentDmaFile::close`] waits, without polling,
-//! until every loan is back (a `BorrowedDmaFile` holds one), then closes through
-//! glommio's own `DmaFile::close`. Dropping the wrapper with loans out defers the
-//! close to the last loan. In every path the fd is closed exactly once; SAFETY.md
-//! (section "glommio adapter") says why.
+//! until every loan is back (each reader holds one), then closes through glommio's
+//! own `DmaFile::close`; [`LentDmaFile::close_timeout`] gives up after a deadline and
+//! hands the file back. The fd is only ever closed by glommio, on the owner's
+//! executor, behind any op glommio still has queued for it; dropping the wrapper with
+//! loans out closes from a task on the executor once the last loan is back. In every
+//! path the fd is closed exactly once; SAFETY.md (section "glommio adapter") says
+//! why.
 //!
 //! ```no_run
-//! use fdlend::glommio::{BorrowedDmaFile, LentDmaFile};
+//! use fdlend::glommio::{BlockingReader, LentDmaFile};
 //! use glommio::{io::DmaFile, LocalExecutorBuilder, Placement};
 //!
 //! let executor = || {
@@ -35,11 +40,12 @@
 //!     let file = LentDmaFile::new(DmaFile::open("data.bin").await.unwrap()).unwrap();
 //!     let region = file.region(4096, 8192).unwrap();
 //!     let other = std::thread::spawn(move || {
-//!         // A second executor reads the region through its own ring.
+//!         // A second executor reads the region on its blocking pool, never
+//!         // stalling (with `glommio-ring`: `BorrowedDmaFile`, through its ring).
 //!         executor().run(async move {
-//!             let borrowed = BorrowedDmaFile::new(region).await.unwrap();
-//!             borrowed.read_region().await.unwrap().to_vec()
-//!         }) // dropping `borrowed` returned the loan
+//!             let reader = BlockingReader::new(region);
+//!             reader.read_region().await.unwrap()
+//!         }) // dropping `reader` returned the loan
 //!     });
 //!     // The owner keeps reading through glommio meanwhile.
 //!     let head = file.dma().read_at(0, 512).await.unwrap();
@@ -74,27 +80,40 @@
 //! So on each executor thread, make the first `DmaFile` opened on a device a
 //! non-empty file opened readable (or open a write-only one first), and keep
 //! `O_DIRECT` files on a real disk (on tmpfs glommio skips `O_DIRECT` and the probe).
-//! [`BorrowedDmaFile::new`] never probes with an empty file: an empty lent file is
+//! `BorrowedDmaFile::new` never probes with an empty file: an empty lent file is
 //! read through the main ring and leaves the thread's verdict unset. A file whose
 //! first block is a hole can fool the probe the same way an empty one does.
 //!
 //! Lent fds carry glommio's `O_DIRECT` flag: `pread`/`sendfile` on other threads need
 //! aligned buffers, offsets and lengths (the [`fdlend::io`](crate::io) region reads
-//! widen for you); a `BorrowedDmaFile` aligns through glommio itself.
+//! widen for you, and so does [`BlockingReader`]); a `BorrowedDmaFile` aligns through
+//! glommio itself.
 //!
-//! # The vendored glommio
+//! # The `glommio-ring` feature and the patched glommio
 //!
 //! glommio 0.9 has no way to build a `DmaFile` over an fd it does not own (only
-//! `open` by path, which makes a new fd, and `dup`). The crate builds against
-//! `vendor/glommio`, glommio 0.9.0 plus one additive patch,
-//! `DmaFile::from_raw_fd`/`into_raw_fd` (`vendor/glommio/FDLEND-PATCH.md`), which
-//! [`BorrowedDmaFile`] and [`LentDmaFile`] use.
+//! `open` by path, which makes a new fd, and `dup`). `BorrowedDmaFile` needs
+//! `DmaFile::from_raw_fd`/`into_raw_fd`, added by fdlend's patch to glommio 0.9.0
+//! (`vendor/glommio/FDLEND-PATCH.md` in the repository). A build with `glommio-ring`
+//! against crates.io glommio fails with an error that names the `[patch.crates-io]`
+//! line to add. Everything else here builds with crates.io glommio.
 
+mod blocking;
+#[cfg(feature = "glommio-ring")]
 mod borrowed;
+#[cfg(feature = "glommio-ring")]
+mod checked_iovs;
+mod closer;
 mod lent;
+#[cfg(feature = "glommio-ring")]
+mod patch;
+mod source;
 
-pub use borrowed::{BorrowDmaError, BorrowSource, BorrowedDmaFile, ReadMany};
+pub use blocking::BlockingReader;
+#[cfg(feature = "glommio-ring")]
+pub use borrowed::{BorrowDmaError, BorrowedDmaFile, ReadMany};
 pub use lent::{LentDmaFile, RegisterDmaError};
+pub use source::BorrowSource;
 
 #[cfg(doc)]
 use ::glommio::io::DmaFile;

@@ -171,3 +171,14 @@ pub async fn poll_once<F: std::future::Future + Unpin>(
     std::future::poll_fn(|cx| std::task::Poll::Ready(std::pin::Pin::new(&mut *future).poll(cx)))
         .await
 }
+
+/// Serialises the tests of one binary. glommio closes fds with an io_uring op, which
+/// ThreadSanitizer cannot see: a number closed that way and reopened by a parallel
+/// test (a `/proc/self/fd` listing, say) looks to it like an unordered reuse of an fd
+/// another thread read. One test at a time, the lock orders them.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1762,4 +1762,57 @@ pub(crate) mod test {
         assert_eq!(read.len(), buffer_len);
         assert_eq!(original_write_buffer.as_slice(), &read[..]);
     });
+
+    // ---- fdlend patch: tests of DmaFile::from_raw_fd / into_raw_fd ----
+    fn open_borrowed(path: &std::path::Path, kind: &crate::test_utils::TestDirectoryKind) -> std::fs::File {
+        use std::os::unix::fs::OpenOptionsExt;
+        let direct = match kind {
+            crate::test_utils::TestDirectoryKind::TempFs => 0,
+            _ => libc::O_DIRECT,
+        };
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(direct)
+            .open(path)
+            .expect("failed to open file")
+    }
+
+    dma_file_test!(from_raw_fd_reads_and_into_raw_fd_leaves_the_fd_open, path, kind, {
+        std::fs::write(path.join("testfile"), vec![42u8; 8192]).expect("failed to write");
+        let owner = open_borrowed(&path.join("testfile"), &kind);
+        let fd = owner.as_raw_fd();
+
+        let file = unsafe { DmaFile::from_raw_fd(fd) }
+            .await
+            .expect("failed to wrap the fd");
+        let read_buf = file.read_at(100, 500).await.expect("failed to read");
+        std::assert_eq!(read_buf.len(), 500);
+        std::assert!(read_buf.iter().all(|&b| b == 42));
+        let read_buf = file.read_at_aligned(4096, 4096).await.expect("failed to read");
+        std::assert_eq!(read_buf.len(), 4096);
+        std::assert_eq!(file.into_raw_fd(), fd);
+
+        // Still open, still the owner's: nothing closed it, nothing was opened.
+        std::assert_ne!(unsafe { libc::fcntl(fd, libc::F_GETFD) }, -1);
+        let stats = crate::executor().io_stats();
+        std::assert_eq!(stats.all_rings().files_opened(), 0);
+        std::assert_eq!(stats.all_rings().files_closed(), 0);
+        drop(owner);
+    });
+
+    dma_file_test!(from_raw_fd_refuses_a_pipe_and_leaves_it_open, _path, _k, {
+        let (read_end, write_end) = nix::unistd::pipe().expect("failed to make a pipe");
+        let err = unsafe { DmaFile::from_raw_fd(read_end) }
+            .await
+            .expect_err("wrapped a pipe");
+        match err {
+            crate::GlommioError::IoError(err) => {
+                std::assert_eq!(err.kind(), io::ErrorKind::InvalidInput)
+            }
+            other => panic!("unexpected error {other:?}"),
+        }
+        std::assert_ne!(unsafe { libc::fcntl(read_end, libc::F_GETFD) }, -1);
+        nix::unistd::close(read_end).expect("failed to close");
+        nix::unistd::close(write_end).expect("failed to close");
+    });
 }
