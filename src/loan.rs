@@ -209,6 +209,7 @@ pub struct LocalLoan {
 }
 
 impl LocalLoan {
+    #[inline]
     pub(crate) fn new(shared: Rc<OwnerRef>) -> LocalLoan {
         LocalLoan { shared }
     }
@@ -273,21 +274,37 @@ impl Ticket {
     /// A loan of the ticket's file, or why not: `Closing`, `Closed` (the number is
     /// free), `Stale` (the number names another file now), `Saturated`.
     ///
-    /// One `fetch_add` on the number's current record, then a check that the record
-    /// still counts this ticket's file; a pin that finds another file gives its unit
-    /// back. While it is in flight the pin counts like a loan (so a racing
-    /// `try_close` may see the file lent).
+    /// A check that the number's current record counts this ticket's file, one
+    /// `fetch_add` on it, then the check again (now final); a pin that finds another
+    /// file adds nothing there, and one that finds it only after its add gives its
+    /// unit back. While it is in flight the pin counts like a loan of its own file (so
+    /// a racing `try_close` of that file may see it lent).
     #[inline]
     pub fn pin(&self) -> Result<Loan, LendError> {
         let Some(record) = table::global().current(self.fd) else {
             return Err(LendError::Closed { fd: self.fd });
         };
+        // A stale ticket stops here, before it could count on another file. The
+        // fields may change right after this check (the file closes and the record
+        // is reused for the number's next file): that window is two instructions
+        // wide, and the add below then counts for a moment on the new file, which is
+        // what SAFETY.md's "Tickets" section bounds.
+        if !record.names(self.fd, self.epoch) {
+            return Err(self.stale());
+        }
         match record.liveness.try_acquire_new(|| record.admit_below()) {
             // The Acquire in the add made the record's fields visible, and the unit
             // now counted keeps them from changing: this check is final.
             Ok(()) if record.names(self.fd, self.epoch) => Ok(Loan { record }),
             result => self.refuse(record, result.err().map(|word| word.state())),
         }
+    }
+
+    /// A ticket whose file the number no longer names.
+    #[cold]
+    #[inline(never)]
+    fn stale(&self) -> LendError {
+        gone(self.fd)
     }
 
     /// Gives back a refused pin's unit (it may be the last reference of a closing

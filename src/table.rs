@@ -129,6 +129,7 @@ impl Table {
         }
     }
 
+    #[inline]
     fn split(fd: RawFd) -> Option<(usize, usize)> {
         let index = usize::try_from(fd)
             .ok()
@@ -137,6 +138,7 @@ impl Table {
     }
 
     /// The slot of `fd`, if its page exists.
+    #[inline]
     pub(crate) fn get(&self, fd: RawFd) -> Option<&Slot> {
         let (page, index) = Self::split(fd)?;
         // Acquire pairs with the Release publishing the page in `get_or_insert`.
