@@ -51,6 +51,14 @@ const HELD_MASK: u64 = COUNT_MASK | RAW_MASK;
 /// New raw tokens are refused from here on (bit 63 set), which leaves 2^22 units of
 /// headroom for the transient `+1`s of racing attempts.
 const RAW_LIMIT: u64 = 1 << 23;
+/// How often a raw return that found no token tries again: another return's
+/// subtraction may have been in flight (its undo is two instructions away unless its
+/// thread is preempted), hiding this return's token for that moment.
+#[cfg(not(loom))]
+const RETURN_RETRIES: u32 = 64;
+/// Under loom one retry shows the path; more would only multiply the model's states.
+#[cfg(loom)]
+const RETURN_RETRIES: u32 = 1;
 /// Raw field values from here up are a wrapped field: over-returns in flight, each
 /// about to be undone. A legitimate field is below it (tokens + attempts).
 const RAW_WRAPPED: u64 = 3 << 22;
@@ -365,9 +373,13 @@ impl Liveness {
     #[cold]
     #[inline(never)]
     fn acquire_held_raw_slow(&self, old: Word, admit_below: u64) -> Result<(), Refusal> {
+        // A wrapped field (a double return's subtraction in flight) reads as `raw()`
+        // 0: the token is real and counts, whatever the undo does after it. Giving the
+        // add back instead would let a racing double return take a unit that is no
+        // token at all.
         let refusal = match old.state() {
             State::Revoked | State::Dead => Refusal::Not(old.state()),
-            _ if old.loans() < admit_below - 1 && old.0 >> 40 < RAW_LIMIT => return Ok(()),
+            _ if old.loans() < admit_below - 1 && old.raw() < RAW_LIMIT => return Ok(()),
             _ => Refusal::Saturated,
         };
         // Relaxed: as in `acquire_held_slow` (the caller's reference stays counted).
@@ -376,14 +388,15 @@ impl Liveness {
     }
 
     /// One more raw token by a holder of a reference: the reference becomes the
-    /// token's (`Loan::into_raw`), in one add (count - 1, raw + 1).
+    /// token's (`Loan::into_raw`), in one add (count - 1, raw + 1). Refused at the
+    /// raw limit, and while the field is wrapped (see `acquire_held_raw_slow`).
     pub(crate) fn mark_raw(&self) -> Result<(), Refusal> {
         // Relaxed: the caller's reference (now a token) keeps the word live; the
         // total of count and raw does not change, so nothing can drain here.
         let old = self
             .word
             .fetch_add(RAW_ONE.wrapping_sub(1), Ordering::Relaxed);
-        if old >> 40 < RAW_LIMIT {
+        if Word(old).raw() < RAW_LIMIT {
             return Ok(());
         }
         self.word
@@ -402,6 +415,7 @@ impl Liveness {
         );
         match raw_return(old) {
             Ok(()) => Ok(()),
+            // Rare (a token made with `into_raw` given back twice): no retry here.
             Err(refusal) => Err((refusal, self.undo(RAW_ONE.wrapping_sub(1)))),
         }
     }
@@ -421,22 +435,45 @@ impl Liveness {
         // Release: as in `release`.
         let old = self.word.fetch_sub(RAW_ONE, Ordering::Release);
         if (old >> 40).wrapping_sub(1) < RAW_WRAPPED - 1 && old & DEAD == 0 {
-            if old & HELD_MASK != RAW_ONE {
-                return Ok(Released::Kept);
-            }
-            return Ok(self.release_last(Word(old - RAW_ONE)));
+            return Ok(self.released_raw(Word(old)));
         }
-        Err(self.over_returned(Word(old)))
+        self.over_returned(Word(old))
     }
 
+    /// A raw return took a token out of `old`: was it the word's last reference?
+    #[inline]
+    fn released_raw(&self, old: Word) -> Released {
+        if old.0 & HELD_MASK != RAW_ONE {
+            return Released::Kept;
+        }
+        self.release_last(Word(old.0 - RAW_ONE))
+    }
+
+    /// A raw return found no token: undo, and try again a few times in case another
+    /// return's subtraction (since undone) hid this one's token.
     #[cold]
     #[inline(never)]
-    fn over_returned(&self, old: Word) -> (Refusal, Released) {
-        let refusal = match raw_return(old) {
-            Err(refusal) => refusal,
-            Ok(()) => unreachable!("a valid raw return took the slow way: {old:?}"),
-        };
-        (refusal, self.undo(RAW_ONE))
+    fn over_returned(&self, mut old: Word) -> Result<Released, (Refusal, Released)> {
+        let mut attempt = 0;
+        loop {
+            let refusal = match raw_return(old) {
+                Err(refusal) => refusal,
+                Ok(()) => return Ok(self.released_raw(old)),
+            };
+            let released = self.undo(RAW_ONE);
+            // A dead word stays dead for a token of it; an undo that freed the word
+            // shows no token was out.
+            if attempt == RETURN_RETRIES
+                || released != Released::Kept
+                || refusal == Refusal::Not(State::Dead)
+            {
+                return Err((refusal, released));
+            }
+            crate::sync::spin_loop(attempt);
+            attempt += 1;
+            // Release: as in `release`.
+            old = Word(self.word.fetch_sub(RAW_ONE, Ordering::Release));
+        }
     }
 
     /// Adds back what a refused raw return took out. While it was out the raw field
@@ -621,10 +658,7 @@ mod tests {
     fn raw_returns_never_take_a_loans_count() {
         let word = open();
         word.acquire_held(any).unwrap();
-        assert_eq!(
-            word.release_raw(),
-            Err((Refusal::NotLent, Released::Kept))
-        );
+        assert_eq!(word.release_raw(), Err((Refusal::NotLent, Released::Kept)));
         word.acquire_held(any).unwrap();
         word.mark_raw().unwrap();
         assert_eq!(word.load().loans(), 2, "a loan and a raw token");
@@ -634,7 +668,11 @@ mod tests {
             Err((Refusal::NotLent, Released::Kept)),
             "a double return"
         );
-        assert_eq!(word.load(), Word(2), "the owner and the loan, field unwrapped");
+        assert_eq!(
+            word.load(),
+            Word(2),
+            "the owner and the loan, field unwrapped"
+        );
     }
 
     #[test]
