@@ -70,6 +70,7 @@ struct Family {
 }
 
 impl Family {
+    #[inline]
     fn shard(&self) -> &AtomicU64 {
         // `shards.len()` is a power of two.
         &self.shards[shard_hint() & (self.shards.len() - 1)].0
@@ -77,6 +78,7 @@ impl Family {
 
     /// One more reference; the caller holds one already (`Arc::clone`'s rule), so the
     /// family cannot end meanwhile.
+    #[inline]
     fn acquire(&self) {
         let shard = self.shard();
         // Relaxed, as `Arc::clone`: the caller's reference already keeps the fd open,
@@ -98,6 +100,7 @@ impl Family {
 /// # Safety
 /// - The caller gives up one counted reference of `family` and does not use `family`
 ///   afterwards.
+#[inline]
 unsafe fn release(family: NonNull<Family>) {
     // SAFETY: the caller's reference keeps the family alive until it is given back,
     // which is the last access below on every path.
@@ -180,12 +183,11 @@ const CENTRAL_RELEASE_ORDERING: Ordering = Ordering::AcqRel;
 #[cfg(fdlend_broken_sharded_release)]
 const CENTRAL_RELEASE_ORDERING: Ordering = Ordering::Release;
 
+/// The CPU this thread runs on (see `cpu.rs`: the rseq area, else `sched_getcpu`).
 #[cfg(not(any(loom, miri)))]
+#[inline]
 fn shard_hint() -> usize {
-    // SAFETY: `sched_getcpu` only reads the calling thread's CPU number (glibc serves
-    // it from rseq or the vDSO); -1 on failure just picks the last shard.
-    let cpu = unsafe { libc::sched_getcpu() };
-    cpu as usize
+    crate::cpu::current()
 }
 
 /// Miri cannot call `sched_getcpu` (a foreign function): each thread gets the next
@@ -279,6 +281,7 @@ impl ShardedLender {
 
     /// A shared loan for any thread: one uncontended atomic add on this CPU's shard.
     /// Never refused (the count is 64-bit, like `Arc`'s).
+    #[inline]
     pub fn loan(&self) -> SharedLoan {
         self.family().acquire();
         SharedLoan {
@@ -422,6 +425,7 @@ impl SharedLoan {
 }
 
 impl Clone for SharedLoan {
+    #[inline]
     fn clone(&self) -> SharedLoan {
         self.family().acquire();
         SharedLoan {
@@ -431,6 +435,7 @@ impl Clone for SharedLoan {
 }
 
 impl Drop for SharedLoan {
+    #[inline]
     fn drop(&mut self) {
         // SAFETY: this loan's reference is given back here, once, and `self` is not
         // used afterwards.

@@ -17,6 +17,7 @@
 mod cases;
 mod counting_alloc;
 mod in_flight;
+mod scale;
 mod table;
 mod timing;
 
@@ -58,7 +59,10 @@ fn main() {
     let started = Instant::now();
     let mut rows = Vec::new();
 
+    let (fit, fd_limit) = scale::raise_fd_limit();
     let file = memfd(1 << 20);
+    // First, on fd numbers never lent before: their records and table pages are new.
+    let churn = vec![scale::churn(&file, fit)];
     let arc = Arc::new(OwnedFd::from(file.try_clone().unwrap()));
     let lender = Lender::try_from(file).unwrap();
 
@@ -66,6 +70,14 @@ fn main() {
     let (loan, local, weak) = cases::uncontended_clone(&settings, &lender, &arc, &mut rows);
     let (sharded, shared) = cases::two_threads(&settings, &lender, &loan, &arc, &mut rows);
     cases::pread_hand_off(&settings, &lender, &mut rows);
+    scale::two_files(&settings, &lender, &mut rows);
+    for n in [1, 1000, fit] {
+        scale::many_files(&settings, &lender, n, &mut rows);
+    }
+    let fd_note = format!(
+        "`ulimit -n` here: {fd_limit} (soft raised to hard), so at most {fit} files are lent at once{}.",
+        if fit < 100_000 { " instead of 100,000" } else { "" }
+    );
 
     eprintln!("200k loans in flight");
     let mut memory = Vec::new();
@@ -86,5 +98,13 @@ fn main() {
     drop((loan, local, shared, sharded, arc, weak));
     lender.close_wait().unwrap();
 
-    print_table(&rows, &memory, &settings, started.elapsed(), table_only);
+    print_table(
+        &rows,
+        &memory,
+        &churn,
+        &fd_note,
+        &settings,
+        started.elapsed(),
+        table_only,
+    );
 }
