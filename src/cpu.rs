@@ -3,7 +3,9 @@
 //! pointer, kept current by the kernel), or from `sched_getcpu` where there is none.
 //! Only a hint: a wrong or stale number costs contention, never correctness.
 
-use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
+#[cfg(not(target_arch = "x86_64"))]
+use std::sync::atomic::AtomicU32;
 
 /// `OFFSET` before the first look-up.
 const UNKNOWN: i64 = i64::MIN;
@@ -50,6 +52,29 @@ fn sched_getcpu() -> usize {
 /// # Safety
 /// - `offset` is glibc's `__rseq_offset` and the rseq area is registered
 ///   (`__rseq_size` > 0).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+unsafe fn rseq_cpu_id(offset: i64) -> u32 {
+    let cpu: u32;
+    // SAFETY: %fs's base is the thread pointer, so this is the same `cpu_id` read as
+    // below, in one load relative to it (the caller's contract places the area).
+    // The kernel rewrites it only while this thread is not running.
+    unsafe {
+        std::arch::asm!(
+            "mov {cpu:e}, dword ptr fs:[{offset} + 4]",
+            offset = in(reg) offset,
+            cpu = out(reg) cpu,
+            options(nostack, readonly, preserves_flags),
+        );
+    }
+    cpu
+}
+
+/// As the x86_64 version, through the thread pointer.
+///
+/// # Safety
+/// - As the x86_64 version.
+#[cfg(not(target_arch = "x86_64"))]
 #[inline]
 unsafe fn rseq_cpu_id(offset: i64) -> u32 {
     let area = thread_pointer().wrapping_offset(offset as isize);
@@ -60,18 +85,6 @@ unsafe fn rseq_cpu_id(offset: i64) -> u32 {
     let cpu_id = unsafe { &*area.add(4).cast::<AtomicU32>() };
     // Relaxed: a hint, ordered against nothing.
     cpu_id.load(Ordering::Relaxed)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[inline]
-fn thread_pointer() -> *const u8 {
-    let tp: *const u8;
-    // SAFETY: on x86_64 Linux the TCB's first word (at %fs:0) is the thread pointer
-    // itself; reading it has no side effect.
-    unsafe {
-        std::arch::asm!("mov {}, fs:0", out(reg) tp, options(nostack, readonly, preserves_flags));
-    }
-    tp
 }
 
 #[cfg(target_arch = "aarch64")]
@@ -115,6 +128,7 @@ fn rseq_offset() -> Option<i64> {
 }
 
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+#[allow(dead_code)]
 fn thread_pointer() -> *const u8 {
     unreachable!("no rseq offset is ever stored on this architecture")
 }

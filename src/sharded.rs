@@ -72,8 +72,10 @@ struct Family {
 impl Family {
     #[inline]
     fn shard(&self) -> &AtomicU64 {
-        // `shards.len()` is a power of two.
-        &self.shards[shard_hint() & (self.shards.len() - 1)].0
+        let index = shard_hint() & (self.shards.len() - 1);
+        // SAFETY: `shards.len()` is a power of two (`shard_count`), so the mask keeps
+        // `index` below it.
+        unsafe { &self.shards.get_unchecked(index).0 }
     }
 
     /// One more reference; the caller holds one already (`Arc::clone`'s rule), so the
