@@ -3,9 +3,9 @@
 //! pointer, kept current by the kernel), or from `sched_getcpu` where there is none.
 //! Only a hint: a wrong or stale number costs contention, never correctness.
 
-use std::sync::atomic::{AtomicI64, Ordering};
 #[cfg(not(target_arch = "x86_64"))]
 use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 /// `OFFSET` before the first look-up.
 const UNKNOWN: i64 = i64::MIN;

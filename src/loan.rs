@@ -289,7 +289,9 @@ impl Ticket {
         // is reused for the number's next file): that window is two instructions
         // wide, and the add below then counts for a moment on the new file, which is
         // what SAFETY.md's "Tickets" section bounds.
-        if !record.names(self.fd, self.epoch) {
+        // (The epoch alone: the fd is this slot's own number, and the check after the
+        // add compares both.)
+        if record.incarnation() != self.epoch {
             return Err(self.stale());
         }
         match record.liveness.try_acquire_new(|| record.admit_below()) {

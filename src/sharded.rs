@@ -43,9 +43,9 @@ use std::ptr::NonNull;
 /// exist, far fewer than 2^62.
 const BIAS: u64 = 1 << 62;
 
-/// A killed shard's value. Operations that race the kill still add ±1 to it before
-/// going to the central count, so a killed shard drifts around this value; live
-/// shards drift around zero. Either would need 2^61 unbalanced operations (decades at
+/// A killed shard's value. Every operation on it after the kill still adds ±1 to it
+/// before going to the central count, so a killed shard drifts away from this value
+/// as live shards drift around zero (a clone on one CPU, its drop on another). Either would need 2^61 unbalanced operations (decades at
 /// a billion a second) to reach [`KILLED_BELOW`].
 const KILLED: u64 = (i64::MIN / 2) as u64;
 const KILLED_BELOW: i64 = i64::MIN / 4;
@@ -85,13 +85,13 @@ impl Family {
         let shard = self.shard();
         // Relaxed, as `Arc::clone`: the caller's reference already keeps the fd open,
         // and the kill's swap sees this add or sends it to the central count (the
-        // atomicity of the add is what matters, not its ordering).
-        if !is_killed(shard.load(Ordering::Relaxed))
-            && !is_killed(shard.fetch_add(1, Ordering::Relaxed))
-        {
+        // atomicity of the add is what matters, not its ordering). No load first: it
+        // would cost a second access per clone to spare a killed shard a drift it
+        // can take (see `KILLED`).
+        if !is_killed(shard.fetch_add(1, Ordering::Relaxed)) {
             return;
         }
-        // The add landed on a killed shard (or was skipped): count centrally.
+        // The add landed on a killed shard: count centrally.
         // Relaxed, as above.
         self.central.0.fetch_add(1, Ordering::Relaxed);
     }
@@ -110,9 +110,7 @@ unsafe fn release(family: NonNull<Family>) {
     let shard = shared.shard();
     // Release pairs with the kill's Acquire swap of this shard: uses of the fd through
     // this reference happen before whoever ends the family (and so before the close).
-    if !is_killed(shard.load(Ordering::Relaxed))
-        && !is_killed(shard.fetch_sub(1, Ordering::Release))
-    {
+    if !is_killed(shard.fetch_sub(1, Ordering::Release)) {
         return;
     }
     // AcqRel: Release for this reference's uses, as above; Acquire if this is the last
