@@ -64,7 +64,8 @@ const RETURN_RETRIES: u32 = 1;
 const RAW_WRAPPED: u64 = 3 << 22;
 
 /// The most loans a word admits (the owner's reference aside): far below the count
-/// field's capacity, so transient attempts can never carry into the flags.
+/// field's capacity, so transient attempts can never carry into the flags. Raw tokens
+/// count apart, up to `RAW_LIMIT` more (a `LIMITED` word's own limit covers both).
 pub(crate) const MAX_LOANS: u32 = (1 << 30) - 2;
 /// The count below which any unlimited word admits one more reference (the
 /// owner's included).
