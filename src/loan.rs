@@ -281,17 +281,16 @@ impl Ticket {
     /// a racing `try_close` of that file may see it lent).
     #[inline]
     pub fn pin(&self) -> Result<Loan, LendError> {
-        let Some(record) = table::global().current(self.fd) else {
+        let Some((record, incarnation)) = table::global().current_with_incarnation(self.fd) else {
             return Err(LendError::Closed { fd: self.fd });
         };
-        // A stale ticket stops here, before it could count on another file. The
-        // fields may change right after this check (the file closes and the record
-        // is reused for the number's next file): that window is two instructions
+        // A stale ticket stops here, before it could count on another file: the slot's
+        // last registration is not its file. (Read beside the record pointer, so this
+        // check puts no load between the table and the add.) The number may be
+        // re-registered right after this check: that window is two instructions
         // wide, and the add below then counts for a moment on the new file, which is
-        // what SAFETY.md's "Tickets" section bounds.
-        // (The epoch alone: the fd is this slot's own number, and the check after the
-        // add compares both.)
-        if record.incarnation() != self.epoch {
+        // what SAFETY.md's `Ticket` paragraph bounds.
+        if incarnation != self.epoch {
             return Err(self.stale());
         }
         match record.liveness.try_acquire_new(|| record.admit_below()) {
