@@ -314,7 +314,9 @@ impl Ticket {
     #[inline(never)]
     fn refuse(&self, record: &'static Record, state: Option<State>) -> Result<Loan, LendError> {
         let mine = record.names(self.fd, self.epoch);
-        let limit = record.max_loans();
+        // Read before the release (the fields may change after it); saturating, as a
+        // stale pin may read a record whose fields are not written yet.
+        let limit = record.admit_below().saturating_sub(1) as u32;
         record.release();
         Err(match state {
             _ if !mine => gone(self.fd),
