@@ -10,6 +10,7 @@ use std::os::fd::{BorrowedFd, RawFd};
 /// # Safety
 /// - `fd` is open and stays open while the returned value is used: the caller holds a
 ///   counted reference in the fd's liveness word (or owns the fd outright).
+#[inline]
 pub(crate) unsafe fn borrow(fd: RawFd) -> BorrowedFd<'static> {
     // SAFETY: the caller's counted reference keeps `fd` open (contract above); the
     // `'static` lifetime is bounded in practice by that count, which is what

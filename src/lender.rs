@@ -67,6 +67,7 @@ impl Lender {
         }
     }
 
+    #[inline]
     fn owner(&self) -> &Rc<OwnerRef> {
         self.owner
             .as_ref()
@@ -81,6 +82,7 @@ impl Lender {
     }
 
     /// A loan for this thread that costs no atomic operation.
+    #[inline]
     pub fn local_loan(&self) -> LocalLoan {
         LocalLoan::new(Rc::clone(self.owner()))
     }
@@ -103,9 +105,11 @@ impl Lender {
     /// [`Lender::lend_raw`] is the checked form: its token knows its file.
     #[inline]
     pub unsafe fn lend_fd(&self) -> Result<BorrowedFd<'static>, LendError> {
-        let token = self.lend_raw()?;
-        // SAFETY: the token's count is the caller's to give back (contract above).
-        Ok(unsafe { token.borrow() })
+        let owner = self.owner();
+        crate::raw::count_raw(owner.record)?;
+        // SAFETY: the raw token just counted keeps `fd` open until the caller gives it
+        // back (contract above).
+        Ok(unsafe { fd::borrow(owner.fd) })
     }
 
     /// Counts one loan as a raw token that names its file: give it back with

@@ -66,6 +66,8 @@
 
 mod bounded;
 mod close;
+#[cfg(not(any(loom, miri)))]
+mod cpu;
 mod error;
 mod fd;
 #[cfg(feature = "glommio")]
@@ -120,5 +122,18 @@ pub mod testing {
     /// the end, the number is refused (`Exhausted`) for the life of the process.
     pub fn advance_epochs(fd: RawFd, to: u64) -> Result<(), LendError> {
         crate::table::global().advance_incarnations(fd, to)
+    }
+}
+
+/// Benchmark support, not part of the stable API: harmless to call (the CPU number
+/// is only a shard hint).
+#[doc(hidden)]
+pub mod bench {
+    /// Picks where `SharedLoan` reads the current CPU: the rseq area glibc registers
+    /// (`true`, the default where there is one) or `sched_getcpu` (`false`). Returns
+    /// whether the rseq area is in use now.
+    #[cfg(not(any(loom, miri)))]
+    pub fn cpu_from_rseq(rseq: bool) -> bool {
+        crate::cpu::use_rseq(rseq)
     }
 }

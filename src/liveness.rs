@@ -9,11 +9,15 @@
 //! ```
 //!
 //! * **count** is the number of counted references: the owner's own (unless
-//!   `ORPHANED`), every loan, every raw token, and for a moment every attempt to take
-//!   one. Taking and giving back are one unconditional `fetch_add`/`fetch_sub` each, as
-//!   in `Arc`: an attempt that turns out not to be allowed gives its unit back.
-//! * **raw** counts which of those references are raw tokens, so a raw return can
-//!   never take a safe loan's count (see `Liveness::release_raw`).
+//!   `ORPHANED`), every loan, and for a moment every attempt to take one. Taking and
+//!   giving back are one unconditional `fetch_add`/`fetch_sub` each, as in `Arc`: an
+//!   attempt that turns out not to be allowed gives its unit back.
+//! * **raw** counts the raw tokens, apart from `count`: a raw return is one
+//!   `fetch_sub` on this field alone, checked afterwards, so a return with no raw
+//!   token outstanding (a double return) wraps this field for a moment and is undone
+//!   without ever touching a safe loan's or the owner's unit (see
+//!   `Liveness::release_raw`). The word is free (no reference) when count and raw
+//!   are both zero.
 //! * **LIMITED**: the file has a loan limit below [`MAX_LOANS`]. Without it a take
 //!   checks the count against a constant, reading nothing but the word it just
 //!   added to; with it, takes go the slow way and read the limit.
@@ -42,12 +46,26 @@ const REVOKED: u64 = 1 << 38;
 const DEAD: u64 = 1 << 39;
 const RAW_ONE: u64 = 1 << 40;
 const RAW_MASK: u64 = !((1 << 40) - 1);
-/// New raw tokens are refused from here on, which leaves 2^23 units of headroom for
-/// the transient `+1`s of racing attempts before the field could wrap.
+/// The references that keep a word live: count and raw together.
+const HELD_MASK: u64 = COUNT_MASK | RAW_MASK;
+/// New raw tokens are refused from here on (bit 63 set), which leaves 2^22 units of
+/// headroom for the transient `+1`s of racing attempts.
 const RAW_LIMIT: u64 = 1 << 23;
+/// How often a raw return that found no token tries again: another return's
+/// subtraction may have been in flight (its undo is two instructions away unless its
+/// thread is preempted), hiding this return's token for that moment.
+#[cfg(not(loom))]
+const RETURN_RETRIES: u32 = 64;
+/// Under loom one retry shows the path; more would only multiply the model's states.
+#[cfg(loom)]
+const RETURN_RETRIES: u32 = 1;
+/// Raw field values from here up are a wrapped field: over-returns in flight, each
+/// about to be undone. A legitimate field is below it (tokens + attempts).
+const RAW_WRAPPED: u64 = 3 << 22;
 
 /// The most loans a word admits (the owner's reference aside): far below the count
-/// field's capacity, so transient attempts can never carry into the flags.
+/// field's capacity, so transient attempts can never carry into the flags. Raw tokens
+/// count apart, up to `RAW_LIMIT` more (a `LIMITED` word's own limit covers both).
 pub(crate) const MAX_LOANS: u32 = (1 << 30) - 2;
 /// The count below which any unlimited word admits one more reference (the
 /// owner's included).
@@ -75,8 +93,14 @@ impl Word {
         self.0 & COUNT_MASK
     }
 
+    /// Raw tokens outstanding (a field wrapped by over-returns in flight reads 0).
     pub(crate) const fn raw(self) -> u64 {
-        self.0 >> 40
+        let raw = self.0 >> 40;
+        if raw < RAW_WRAPPED {
+            raw
+        } else {
+            0
+        }
     }
 
     pub(crate) const fn counts_owner(self) -> bool {
@@ -85,7 +109,7 @@ impl Word {
 
     /// Loans and raw tokens, the owner's reference aside.
     pub(crate) const fn loans(self) -> u64 {
-        self.count() - self.counts_owner() as u64
+        self.count() - self.counts_owner() as u64 + self.raw()
     }
 
     pub(crate) const fn state(self) -> State {
@@ -168,7 +192,8 @@ impl Liveness {
             if current & DEAD == 0 {
                 return Err(Refusal::Live);
             }
-            let next = (current & COUNT_MASK) + 1 + if limited { LIMITED } else { 0 };
+            // Raw over-returns in flight on the dead word are carried too.
+            let next = (current & HELD_MASK) + 1 + if limited { LIMITED } else { 0 };
             // Release pairs with the Acquire of every pin and `load`: whoever sees
             // this incarnation live sees its fd and incarnation too.
             match self.word.compare_exchange_weak(
@@ -227,9 +252,14 @@ impl Liveness {
         if old & !RAW_MASK < ADMIT_BELOW {
             return Ok(());
         }
-        let old = Word(old);
+        Self::try_acquire_new_slow(Word(old), admit_below())
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn try_acquire_new_slow(old: Word, admit_below: u64) -> Result<(), Word> {
         match old.state() {
-            State::Open if old.loans() < admit_below() - 1 => Ok(()),
+            State::Open if old.loans() < admit_below - 1 => Ok(()),
             _ => Err(old),
         }
     }
@@ -240,14 +270,14 @@ impl Liveness {
         // Release pairs with the Acquire of whoever drains the word: every use of the
         // fd through this reference happens before the close.
         let old = self.word.fetch_sub(1, Ordering::Release);
-        if old & COUNT_MASK != 1 {
+        if old & HELD_MASK != 1 {
             return Released::Kept;
         }
         self.release_last(Word(old - 1))
     }
 
-    /// The count just reached zero at `now`: claim the word for the one thread that
-    /// finishes, unless an attempt slipped in (its give-back will claim instead).
+    /// Count and raw just reached zero at `now`: claim the word for the one thread
+    /// that finishes, unless an attempt slipped in (its give-back will claim instead).
     #[cold]
     #[inline(never)]
     fn release_last(&self, now: Word) -> Released {
@@ -292,7 +322,7 @@ impl Liveness {
             old.counts_owner() && old.0 & (CLOSING | REVOKED) != 0 || old.0 & REVOKED != 0,
             "fdlend: owner released its reference of {old:?} without closing"
         );
-        if old.count() != 1 {
+        if old.0 & HELD_MASK != 1 {
             return Released::Kept;
         }
         self.release_last(Word(old.0 + ORPHANED - 1))
@@ -328,12 +358,13 @@ impl Liveness {
     /// Closing (owner released) → Open, counting the owner's reference again: a
     /// bounded close that ran out of time takes its file back. Refused (with what it
     /// saw) once the count has reached zero or the word is dead, and while the
-    /// owner's reference is still counted (local loans share it).
+    /// owner's reference is still counted (local loans share it). "Zero" is the count
+    /// and the raw field together, as for the drain's claim.
     ///
     /// Exactly one of this and the drain's claim wins, because both are one
     /// compare-and-swap on the word and each requires what the other destroys: the
-    /// claim (`release_last`) swaps a zero count for `DEAD`, while this swaps a
-    /// nonzero count, `CLOSING | ORPHANED`, for one more count without them. A
+    /// claim (`release_last`) swaps a zero count and raw field for `DEAD`, while this
+    /// swaps a nonzero one, `CLOSING | ORPHANED`, for one more count without them. A
     /// release that took the count to zero and lost its claim to a pin in flight
     /// leaves the count above zero again; the reopen may then win, and the pin, which
     /// read `CLOSING` in its own add, gives its unit back without draining (the
@@ -345,7 +376,9 @@ impl Liveness {
         let mut current = self.word.load(Ordering::Relaxed);
         loop {
             let word = Word(current);
-            if current & DEAD != 0 || word.count() == 0 || word.counts_owner() {
+            // Nothing held (count and raw field both zero): the drain is claimed or
+            // bound to be. Raw tokens alone (count zero) still hold the file.
+            if current & DEAD != 0 || current & HELD_MASK == 0 || word.counts_owner() {
                 return Err(word);
             }
             assert!(
@@ -370,18 +403,17 @@ impl Liveness {
         }
     }
 
-    /// One more reference by a holder of one, counted as a raw token (`lend_raw`,
-    /// `lend_fd`): one `fetch_add` of both units.
+    /// One more raw token by a holder of a reference (`lend_raw`, `lend_fd`): one
+    /// `fetch_add` on the raw field.
     #[inline]
     pub(crate) fn acquire_held_raw(
         &self,
         admit_below: impl FnOnce() -> u64,
     ) -> Result<(), Refusal> {
         // Relaxed: as in `acquire_held`.
-        let old = self.word.fetch_add(1 + RAW_ONE, Ordering::Relaxed);
-        if old & (COUNT_MASK | LIMITED | ORPHANED | REVOKED) < ADMIT_BELOW
-            && Word(old).raw() < RAW_LIMIT
-        {
+        let old = self.word.fetch_add(RAW_ONE, Ordering::Relaxed);
+        // Bit 63 is set from RAW_LIMIT tokens on: one compare covers it too.
+        if old & (1 << 63 | COUNT_MASK | LIMITED | ORPHANED | REVOKED) < ADMIT_BELOW {
             return Ok(());
         }
         self.acquire_held_raw_slow(Word(old), admit_below())
@@ -390,62 +422,135 @@ impl Liveness {
     #[cold]
     #[inline(never)]
     fn acquire_held_raw_slow(&self, old: Word, admit_below: u64) -> Result<(), Refusal> {
+        // A wrapped field (a double return's subtraction in flight) reads as `raw()`
+        // 0: the token is real and counts, whatever the undo does after it. Giving the
+        // add back instead would let a racing double return take a unit that is no
+        // token at all.
         let refusal = match old.state() {
             State::Revoked | State::Dead => Refusal::Not(old.state()),
             _ if old.loans() < admit_below - 1 && old.raw() < RAW_LIMIT => return Ok(()),
             _ => Refusal::Saturated,
         };
-        // Relaxed: as in `acquire_held_slow`.
-        self.word.fetch_sub(1 + RAW_ONE, Ordering::Relaxed);
+        // Relaxed: as in `acquire_held_slow` (the caller's reference stays counted).
+        self.word.fetch_sub(RAW_ONE, Ordering::Relaxed);
         Err(refusal)
     }
 
     /// One more raw token by a holder of a reference: the reference becomes the
-    /// token's (`Loan::into_raw`).
+    /// token's (`Loan::into_raw`), in one add (count - 1, raw + 1). Refused at the
+    /// raw limit, and while the field is wrapped (see `acquire_held_raw_slow`).
     pub(crate) fn mark_raw(&self) -> Result<(), Refusal> {
-        // Relaxed: the caller's reference keeps the word live; only the raw field
-        // changes, which nothing orders against.
-        let old = Word(self.word.fetch_add(RAW_ONE, Ordering::Relaxed));
-        if old.raw() < RAW_LIMIT {
+        // Relaxed: the caller's reference (now a token) keeps the word live; the
+        // total of count and raw does not change, so nothing can drain here.
+        let old = self
+            .word
+            .fetch_add(RAW_ONE.wrapping_sub(1), Ordering::Relaxed);
+        if Word(old).raw() < RAW_LIMIT {
             return Ok(());
         }
-        self.word.fetch_sub(RAW_ONE, Ordering::Relaxed);
+        self.word
+            .fetch_sub(RAW_ONE.wrapping_sub(1), Ordering::Relaxed);
         Err(Refusal::Saturated)
     }
 
-    /// A raw token's reference becomes a plain one again (`Loan::from_raw`), if a raw
-    /// token is outstanding.
-    pub(crate) fn unmark_raw(&self) -> Result<(), Refusal> {
-        self.check_raw()?;
-        // Relaxed: the reference itself stays counted.
-        self.word.fetch_sub(RAW_ONE, Ordering::Relaxed);
-        Ok(())
+    /// A raw token becomes a plain reference again (`Loan::from_raw`), if a raw token
+    /// is outstanding: one checked add (count + 1, raw - 1), undone if none was (the
+    /// undo may be what frees the word: the caller finishes with its `Released`).
+    pub(crate) fn unmark_raw(&self) -> Result<(), (Refusal, Released)> {
+        // Relaxed: the token's reference stays counted, as a loan now.
+        let old = Word(
+            self.word
+                .fetch_add(1u64.wrapping_sub(RAW_ONE), Ordering::Relaxed),
+        );
+        match raw_return(old) {
+            Ok(()) => Ok(()),
+            // Rare (a token made with `into_raw` given back twice): no retry here.
+            Err(refusal) => Err((refusal, self.undo(RAW_ONE.wrapping_sub(1)))),
+        }
     }
 
-    /// Gives a raw token's reference back, if a raw token is outstanding: a double
-    /// return can then take another raw token's count, never a loan's or the owner's.
+    /// Gives a raw token back, if one is outstanding: one `fetch_sub` on the raw field,
+    /// checked afterwards. A return with none outstanding (a double return) wraps the
+    /// field and undoes that at once; it never touches the count, so no safe loan's
+    /// or owner's unit is taken, not even for a moment, and the worst a double return
+    /// racing other raw returns can do is take another *raw token*'s unit (that
+    /// token's own return is then refused `NotLent`).
+    ///
+    /// On refusal the `Released` says whether the undo freed the word (a release
+    /// that raced it found the field wrapped and left the claim to it): the caller
+    /// finishes with it as with any release.
     #[inline]
-    pub(crate) fn release_raw(&self) -> Result<Released, Refusal> {
-        self.check_raw()?;
+    pub(crate) fn release_raw(&self) -> Result<Released, (Refusal, Released)> {
         // Release: as in `release`.
-        let old = self.word.fetch_sub(1 + RAW_ONE, Ordering::Release);
-        if old & COUNT_MASK != 1 {
-            return Ok(Released::Kept);
+        let old = self.word.fetch_sub(RAW_ONE, Ordering::Release);
+        if (old >> 40).wrapping_sub(1) < RAW_WRAPPED - 1 && old & DEAD == 0 {
+            return Ok(self.released_raw(Word(old)));
         }
-        Ok(self.release_last(Word(old - 1 - RAW_ONE)))
+        self.over_returned(Word(old))
     }
 
-    /// The check before a raw give-back: a raw token is outstanding on a live word.
-    /// A correct caller holds one, so the word cannot change under it; a caller
-    /// racing a double return of the same token is outside the contract.
+    /// A raw return took a token out of `old`: was it the word's last reference?
     #[inline]
-    fn check_raw(&self) -> Result<(), Refusal> {
-        let word = Word(self.word.load(Ordering::Relaxed));
-        match word.state() {
-            State::Dead => Err(Refusal::Not(State::Dead)),
-            _ if word.raw() == 0 => Err(Refusal::NotLent),
-            _ => Ok(()),
+    fn released_raw(&self, old: Word) -> Released {
+        if old.0 & HELD_MASK != RAW_ONE {
+            return Released::Kept;
         }
+        self.release_last(Word(old.0 - RAW_ONE))
+    }
+
+    /// A raw return found no token: undo, and try again a few times in case another
+    /// return's subtraction (since undone) hid this one's token.
+    #[cold]
+    #[inline(never)]
+    fn over_returned(&self, mut old: Word) -> Result<Released, (Refusal, Released)> {
+        let mut attempt = 0;
+        loop {
+            let refusal = match raw_return(old) {
+                Err(refusal) => refusal,
+                Ok(()) => return Ok(self.released_raw(old)),
+            };
+            let released = self.undo(RAW_ONE);
+            // A dead word stays dead for a token of it; an undo that freed the word
+            // shows no token was out.
+            if attempt == RETURN_RETRIES
+                || released != Released::Kept
+                || refusal == Refusal::Not(State::Dead)
+            {
+                return Err((refusal, released));
+            }
+            crate::sync::spin_loop(attempt);
+            attempt += 1;
+            // Release: as in `release`.
+            old = Word(self.word.fetch_sub(RAW_ONE, Ordering::Release));
+        }
+    }
+
+    /// Adds back what a refused raw return took out. While it was out the raw field
+    /// was wrapped (nonzero), so a release that meanwhile took the count to zero did
+    /// not claim the word: if this add leaves the word free, the claim (and the close
+    /// or recycling after it) is this thread's.
+    fn undo(&self, delta: u64) -> Released {
+        // AcqRel: Release as any give-back; Acquire (with the claim's own) so that the
+        // releases this add follows in the word's order happen before the close.
+        let old = self.word.fetch_add(delta, Ordering::AcqRel);
+        let now = Word(old.wrapping_add(delta));
+        if now.0 & HELD_MASK != 0 {
+            return Released::Kept;
+        }
+        self.release_last(now)
+    }
+}
+
+/// Whether a word seen by a raw return (before its own subtraction) had a raw token
+/// outstanding, and if not, why.
+fn raw_return(old: Word) -> Result<(), Refusal> {
+    let raw = old.0 >> 40;
+    if old.0 & DEAD != 0 {
+        Err(Refusal::Not(State::Dead))
+    } else if raw == 0 || raw >= RAW_WRAPPED {
+        Err(Refusal::NotLent)
+    } else {
+        Ok(())
     }
 }
 
@@ -602,12 +707,56 @@ mod tests {
     fn raw_returns_never_take_a_loans_count() {
         let word = open();
         word.acquire_held(any).unwrap();
-        assert_eq!(word.release_raw(), Err(Refusal::NotLent));
+        assert_eq!(word.release_raw(), Err((Refusal::NotLent, Released::Kept)));
         word.acquire_held(any).unwrap();
         word.mark_raw().unwrap();
+        assert_eq!(word.load().loans(), 2, "a loan and a raw token");
         assert_eq!(word.release_raw(), Ok(Released::Kept));
-        assert_eq!(word.release_raw(), Err(Refusal::NotLent), "a double return");
-        assert_eq!(word.load().count(), 2, "the owner and the loan");
+        assert_eq!(
+            word.release_raw(),
+            Err((Refusal::NotLent, Released::Kept)),
+            "a double return"
+        );
+        assert_eq!(
+            word.load(),
+            Word(2),
+            "the owner and the loan, field unwrapped"
+        );
+    }
+
+    #[test]
+    fn an_over_return_that_a_last_release_raced_drains_in_its_undo() {
+        let word = open();
+        word.acquire_held(any).unwrap();
+        word.begin_close();
+        assert_eq!(word.release_owner(), Released::Kept);
+        // A double return's subtraction lands first: the field wraps...
+        let wrapped = word.word.fetch_sub(RAW_ONE, Ordering::Release);
+        assert_eq!(Word(wrapped).loans(), 1);
+        // ...so the last loan's release, racing it, cannot claim,
+        assert_eq!(word.release(), Released::Kept);
+        assert_eq!(word.load().loans(), 0, "a wrapped field reads as no token");
+        // and the undo finds the word free and drains it, once.
+        assert_eq!(word.undo(RAW_ONE), Released::Drained);
+        assert_eq!(word.load().state(), State::Dead);
+    }
+
+    #[test]
+    fn raw_tokens_count_apart_from_loans_and_drain_last() {
+        let word = open();
+        word.acquire_held_raw(any).unwrap();
+        word.acquire_held_raw(any).unwrap();
+        assert_eq!(word.load().count(), 1, "only the owner in the count");
+        assert_eq!(word.load().loans(), 2);
+        word.begin_close();
+        assert_eq!(word.release_owner(), Released::Kept);
+        assert_eq!(word.release_raw(), Ok(Released::Kept));
+        assert_eq!(word.release_raw(), Ok(Released::Drained));
+        assert_eq!(
+            word.release_raw(),
+            Err((Refusal::Not(State::Dead), Released::Kept))
+        );
+        assert_eq!(word.load(), Word(DEAD), "the refused return left no trace");
     }
     #[test]
     fn a_reopen_and_the_drain_claim_exclude_each_other() {
@@ -641,5 +790,18 @@ mod tests {
             "the pin gives back, no drain"
         );
         assert_eq!(word.load(), Word(1));
+    }
+
+    #[test]
+    fn a_raw_token_alone_keeps_the_word_reopenable() {
+        let word = open();
+        word.acquire_held_raw(any).unwrap();
+        word.begin_close();
+        assert_eq!(word.release_owner(), Released::Kept);
+        assert_eq!(word.load().count(), 0, "only the raw token holds the file");
+        assert_eq!(word.reopen(), Ok(()), "not drained: the owner takes it back");
+        assert_eq!(word.load().state(), State::Open);
+        assert_eq!(word.load().loans(), 1);
+        assert_eq!(word.release_raw(), Ok(Released::Kept), "the owner still counts");
     }
 }

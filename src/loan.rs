@@ -209,6 +209,7 @@ pub struct LocalLoan {
 }
 
 impl LocalLoan {
+    #[inline]
     pub(crate) fn new(shared: Rc<OwnerRef>) -> LocalLoan {
         LocalLoan { shared }
     }
@@ -273,15 +274,25 @@ impl Ticket {
     /// A loan of the ticket's file, or why not: `Closing`, `Closed` (the number is
     /// free), `Stale` (the number names another file now), `Saturated`.
     ///
-    /// One `fetch_add` on the number's current record, then a check that the record
-    /// still counts this ticket's file; a pin that finds another file gives its unit
-    /// back. While it is in flight the pin counts like a loan (so a racing
-    /// `try_close` may see the file lent).
+    /// A check that the number's current record counts this ticket's file, one
+    /// `fetch_add` on it, then the check again (now final); a pin that finds another
+    /// file adds nothing there, and one that finds it only after its add gives its
+    /// unit back. While it is in flight the pin counts like a loan of its own file (so
+    /// a racing `try_close` of that file may see it lent).
     #[inline]
     pub fn pin(&self) -> Result<Loan, LendError> {
-        let Some(record) = table::global().current(self.fd) else {
+        let Some((record, incarnation)) = table::global().current_with_incarnation(self.fd) else {
             return Err(LendError::Closed { fd: self.fd });
         };
+        // A stale ticket stops here, before it could count on another file: the slot's
+        // last registration is not its file. (Read beside the record pointer, so this
+        // check puts no load between the table and the add.) The number may be
+        // re-registered right after this check: that window is two instructions
+        // wide, and the add below then counts for a moment on the new file, which is
+        // what SAFETY.md's `Ticket` paragraph bounds.
+        if incarnation != self.epoch {
+            return Err(self.stale());
+        }
         match record.liveness.try_acquire_new(|| record.admit_below()) {
             // The Acquire in the add made the record's fields visible, and the unit
             // now counted keeps them from changing: this check is final.
@@ -290,13 +301,22 @@ impl Ticket {
         }
     }
 
+    /// A ticket whose file the number no longer names.
+    #[cold]
+    #[inline(never)]
+    fn stale(&self) -> LendError {
+        gone(self.fd)
+    }
+
     /// Gives back a refused pin's unit (it may be the last reference of a closing
     /// file: the close then happens here) and says why.
     #[cold]
     #[inline(never)]
     fn refuse(&self, record: &'static Record, state: Option<State>) -> Result<Loan, LendError> {
         let mine = record.names(self.fd, self.epoch);
-        let limit = record.max_loans();
+        // Read before the release (the fields may change after it); saturating, as a
+        // stale pin may read a record whose fields are not written yet.
+        let limit = record.admit_below().saturating_sub(1) as u32;
         record.release();
         Err(match state {
             _ if !mine => gone(self.fd),

@@ -7,9 +7,11 @@
 //!   [`return_raw`] or [`Loan::from_raw`]: it carries its record and incarnation, so
 //!   a stale return (after `close_now`, or of another file's token) is refused.
 //!
-//! Both count in the word's `raw` field as well as its count, so a return with no
-//! raw token outstanding is `NotLent`, and a double return can at worst take another
-//! raw token's count, never a safe loan's or the owner's.
+//! Both count in the word's `raw` field, apart from the loans' count: a return is one
+//! `fetch_sub` on that field, checked afterwards and undone if no raw token was
+//! outstanding (`NotLent`). So a double return, even racing other returns, can at
+//! worst take another raw token's unit, never a safe loan's or the owner's, and
+//! `outstanding()` never reads a safe loan as gone.
 
 use crate::error::LendError;
 use crate::fd;
@@ -33,14 +35,12 @@ impl RawLoan {
     /// One more reference to `record`'s file, by its owner, as a raw token.
     #[inline]
     pub(crate) fn lend(record: &'static Record) -> Result<RawLoan, LendError> {
-        match record.liveness.acquire_held_raw(|| record.admit_below()) {
-            Ok(()) => Ok(RawLoan {
-                record,
-                fd: record.fd(),
-                epoch: record.incarnation(),
-            }),
-            Err(refusal) => Err(refusal_to_error(record.fd(), refusal, record)),
-        }
+        count_raw(record)?;
+        Ok(RawLoan {
+            record,
+            fd: record.fd(),
+            epoch: record.incarnation(),
+        })
     }
 
     /// The fd number.
@@ -60,6 +60,7 @@ impl RawLoan {
     ///   [`Loan::from_raw`]), and the result is not used after it is.
     /// - The lender has not `close_now`ed the file (check [`RawLoan::is_current`]
     ///   where that can happen, and keep it from happening while the fd is used).
+    #[inline]
     pub unsafe fn borrow(&self) -> BorrowedFd<'static> {
         // SAFETY: the token's count keeps the fd open (the caller's contract above).
         unsafe { fd::borrow(self.fd) }
@@ -70,16 +71,18 @@ impl RawLoan {
         self.names_its_file() && self.record.is_live()
     }
 
+    #[inline]
     fn names_its_file(&self) -> bool {
         self.record.names(self.fd, self.epoch)
     }
 
     /// Why this token cannot be given back, if it cannot.
+    #[inline]
     fn check(&self) -> Result<(), LendError> {
         if self.names_its_file() {
             Ok(())
         } else {
-            Err(gone(self.fd))
+            Err(stale_token(self.fd))
         }
     }
 }
@@ -125,7 +128,10 @@ impl Loan {
             Ok(()) => Ok(Loan {
                 record: token.record,
             }),
-            Err(refusal) => Err(raw_refusal(token.fd, refusal, token.record)),
+            Err((refusal, released)) => {
+                token.record.finish(released);
+                Err(raw_refusal(token.fd, refusal, token.record))
+            }
         }
     }
 }
@@ -149,7 +155,8 @@ pub unsafe fn return_raw(token: RawLoan) -> Result<(), LendError> {
 /// If it was the last loan of a closing file, the close happens here.
 ///
 /// Returns `NotLent` when the fd's number has no raw token outstanding (a token
-/// returned twice, or never lent): a return never takes a safe loan's count.
+/// returned twice, or never lent): a return never takes a safe loan's count, not
+/// even while it races other returns (it may take another raw token's).
 ///
 /// # Safety
 /// - `token` came from `Lender::lend_fd` and has not been returned yet: each token
@@ -168,6 +175,22 @@ pub unsafe fn return_fd(token: BorrowedFd<'static>) -> Result<(), LendError> {
     release_raw(fd, record)
 }
 
+#[cold]
+#[inline(never)]
+fn stale_token(fd: RawFd) -> LendError {
+    gone(fd)
+}
+
+/// One more raw token of `record`'s file, by a holder of a reference (`lend_fd`
+/// builds its token from the owner's fd; no `RawLoan` goes through memory).
+#[inline]
+pub(crate) fn count_raw(record: &'static Record) -> Result<(), LendError> {
+    match record.liveness.acquire_held_raw(|| record.admit_below()) {
+        Ok(()) => Ok(()),
+        Err(refusal) => Err(refusal_to_error(record.fd(), refusal, record)),
+    }
+}
+
 #[inline]
 fn release_raw(fd: RawFd, record: &'static Record) -> Result<(), LendError> {
     match record.liveness.release_raw() {
@@ -176,8 +199,21 @@ fn release_raw(fd: RawFd, record: &'static Record) -> Result<(), LendError> {
             record.finish(released);
             Ok(())
         }
-        Err(refusal) => Err(raw_refusal(fd, refusal, record)),
+        Err((refusal, released)) => Err(refused_return(fd, refusal, released, record)),
     }
+}
+
+/// A refused raw return: its undo may have freed the word (finish that), then why.
+#[cold]
+#[inline(never)]
+fn refused_return(
+    fd: RawFd,
+    refusal: Refusal,
+    released: Released,
+    record: &'static Record,
+) -> LendError {
+    record.finish(released);
+    raw_refusal(fd, refusal, record)
 }
 
 #[cold]

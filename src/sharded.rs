@@ -43,15 +43,21 @@ use std::ptr::NonNull;
 /// exist, far fewer than 2^62.
 const BIAS: u64 = 1 << 62;
 
-/// A killed shard's value. Operations that race the kill still add ±1 to it before
-/// going to the central count, so a killed shard drifts around this value; live
-/// shards drift around zero. Either would need 2^61 unbalanced operations (decades at
-/// a billion a second) to reach [`KILLED_BELOW`].
-const KILLED: u64 = (i64::MIN / 2) as u64;
-const KILLED_BELOW: i64 = i64::MIN / 4;
+/// A live shard's value with nothing counted on it. Live shards drift around it (a
+/// clone on one CPU, its drop on another) and killed shards around [`KILLED`], so
+/// the sign tells them apart: the check after a clone's or a drop's one `lock`
+/// instruction is a test of its flags, as `Arc`'s is. Either would need 2^61
+/// unbalanced operations (decades at a billion a second) to cross zero.
+const LIVE: u64 = 1 << 61;
 
+/// A killed shard's value: negative. Every operation on it after the kill still adds
+/// ±1 to it before going to the central count.
+const KILLED: u64 = (i64::MIN / 2) as u64;
+
+/// True for a killed shard's value (see [`LIVE`]).
+#[inline]
 fn is_killed(value: u64) -> bool {
-    (value as i64) < KILLED_BELOW
+    (value as i64) < 0
 }
 
 /// One counter on a cache line (two, for the adjacent-line prefetcher) of its own.
@@ -70,24 +76,28 @@ struct Family {
 }
 
 impl Family {
+    #[inline]
     fn shard(&self) -> &AtomicU64 {
-        // `shards.len()` is a power of two.
-        &self.shards[shard_hint() & (self.shards.len() - 1)].0
+        let index = shard_hint() & (self.shards.len() - 1);
+        // SAFETY: `shards.len()` is a power of two (`shard_count`), so the mask keeps
+        // `index` below it.
+        unsafe { &self.shards.get_unchecked(index).0 }
     }
 
     /// One more reference; the caller holds one already (`Arc::clone`'s rule), so the
     /// family cannot end meanwhile.
+    #[inline]
     fn acquire(&self) {
         let shard = self.shard();
         // Relaxed, as `Arc::clone`: the caller's reference already keeps the fd open,
         // and the kill's swap sees this add or sends it to the central count (the
-        // atomicity of the add is what matters, not its ordering).
-        if !is_killed(shard.load(Ordering::Relaxed))
-            && !is_killed(shard.fetch_add(1, Ordering::Relaxed))
-        {
+        // atomicity of the add is what matters, not its ordering). No load first: it
+        // would cost a second access per clone to spare a killed shard a drift it
+        // can take (see `KILLED`).
+        if !is_killed(shard.fetch_add(1, Ordering::Relaxed)) {
             return;
         }
-        // The add landed on a killed shard (or was skipped): count centrally.
+        // The add landed on a killed shard: count centrally.
         // Relaxed, as above.
         self.central.0.fetch_add(1, Ordering::Relaxed);
     }
@@ -98,6 +108,7 @@ impl Family {
 /// # Safety
 /// - The caller gives up one counted reference of `family` and does not use `family`
 ///   afterwards.
+#[inline]
 unsafe fn release(family: NonNull<Family>) {
     // SAFETY: the caller's reference keeps the family alive until it is given back,
     // which is the last access below on every path.
@@ -105,9 +116,9 @@ unsafe fn release(family: NonNull<Family>) {
     let shard = shared.shard();
     // Release pairs with the kill's Acquire swap of this shard: uses of the fd through
     // this reference happen before whoever ends the family (and so before the close).
-    if !is_killed(shard.load(Ordering::Relaxed))
-        && !is_killed(shard.fetch_sub(1, Ordering::Release))
-    {
+    // (`< 1` rather than `< 0` on the value before: the same verdict on every
+    // value a shard can hold, and it is the sign of the value after, a flag test.)
+    if (shard.fetch_sub(1, Ordering::Release) as i64) >= 1 {
         return;
     }
     // AcqRel: Release for this reference's uses, as above; Acquire if this is the last
@@ -132,7 +143,9 @@ unsafe fn switch_to_central(family: NonNull<Family>) {
         // Acquire pairs with the Release of every shard-mode release on this shard
         // (all writes to a shard are read-modify-writes, so they form one release
         // sequence): their uses of the fd happen before the fold below publishes it.
-        sum = sum.wrapping_add(shard.0.swap(KILLED, KILL_ORDERING));
+        sum = sum
+            .wrapping_add(shard.0.swap(KILLED, KILL_ORDERING))
+            .wrapping_sub(LIVE);
     }
     let delta = sum.wrapping_sub(BIAS).wrapping_sub(1);
     // AcqRel: Release hands what the swaps acquired to whoever ends the family;
@@ -180,12 +193,11 @@ const CENTRAL_RELEASE_ORDERING: Ordering = Ordering::AcqRel;
 #[cfg(fdlend_broken_sharded_release)]
 const CENTRAL_RELEASE_ORDERING: Ordering = Ordering::Release;
 
+/// The CPU this thread runs on (see `cpu.rs`: the rseq area, else `sched_getcpu`).
 #[cfg(not(any(loom, miri)))]
+#[inline]
 fn shard_hint() -> usize {
-    // SAFETY: `sched_getcpu` only reads the calling thread's CPU number (glibc serves
-    // it from rseq or the vDSO); -1 on failure just picks the last shard.
-    let cpu = unsafe { libc::sched_getcpu() };
-    cpu as usize
+    crate::cpu::current()
 }
 
 /// Miri cannot call `sched_getcpu` (a foreign function): each thread gets the next
@@ -260,7 +272,7 @@ impl ShardedLender {
         let family = Box::new(Family {
             central: Padded(AtomicU64::new(BIAS + 1)),
             shards: (0..shard_count())
-                .map(|_| Padded(AtomicU64::new(0)))
+                .map(|_| Padded(AtomicU64::new(LIVE)))
                 .collect(),
             fd: core.as_raw_fd(),
             core: ManuallyDrop::new(core),
@@ -279,6 +291,7 @@ impl ShardedLender {
 
     /// A shared loan for any thread: one uncontended atomic add on this CPU's shard.
     /// Never refused (the count is 64-bit, like `Arc`'s).
+    #[inline]
     pub fn loan(&self) -> SharedLoan {
         self.family().acquire();
         SharedLoan {
@@ -300,7 +313,7 @@ impl ShardedLender {
         let family = self.family();
         // Relaxed: a diagnostic sum of counters other threads may be changing.
         let shards = family.shards.iter().fold(0u64, |sum, shard| {
-            sum.wrapping_add(shard.0.load(Ordering::Relaxed))
+            sum.wrapping_add(shard.0.load(Ordering::Relaxed).wrapping_sub(LIVE))
         });
         let central = family.central.0.load(Ordering::Relaxed);
         central.wrapping_add(shards).wrapping_sub(BIAS + 1) as usize
@@ -422,6 +435,7 @@ impl SharedLoan {
 }
 
 impl Clone for SharedLoan {
+    #[inline]
     fn clone(&self) -> SharedLoan {
         self.family().acquire();
         SharedLoan {
@@ -431,6 +445,7 @@ impl Clone for SharedLoan {
 }
 
 impl Drop for SharedLoan {
+    #[inline]
     fn drop(&mut self) {
         // SAFETY: this loan's reference is given back here, once, and `self` is not
         // used afterwards.
@@ -471,9 +486,10 @@ mod tests {
         assert!(is_killed(KILLED));
         assert!(is_killed(KILLED.wrapping_add(1 << 60)));
         assert!(is_killed(KILLED.wrapping_sub(1 << 60)));
-        assert!(!is_killed(0));
-        assert!(!is_killed(u64::MAX), "a shard at -1 is live");
-        assert!(!is_killed((-(1i64 << 60)) as u64));
+        assert!(!is_killed(LIVE));
+        assert!(!is_killed(LIVE - 1), "a shard one below its start is live");
+        assert!(!is_killed(LIVE + (1 << 60)));
+        assert!(!is_killed(LIVE - (1 << 60)));
     }
 }
 

@@ -36,3 +36,19 @@ pub(crate) fn current_thread() -> ThreadId {
     #[cfg(not(loom))]
     return std::thread::current().id();
 }
+
+/// A pause in a bounded wait for another thread's next step: a spin at first, then
+/// a yield (always a yield under loom, so that the model lets the other thread run).
+pub(crate) fn spin_loop(attempt: u32) {
+    #[cfg(loom)]
+    {
+        let _ = attempt;
+        loom::thread::yield_now();
+    }
+    #[cfg(not(loom))]
+    if attempt < 16 {
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
+    }
+}

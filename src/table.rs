@@ -9,7 +9,7 @@
 use crate::error::LendError;
 use crate::liveness::{Refusal, State, MAX_LOANS};
 use crate::record::{pool, Record};
-use crate::sync::{lock, AtomicPtr, Mutex, Ordering};
+use crate::sync::{lock, AtomicPtr, AtomicU64, Mutex, Ordering};
 use std::os::fd::RawFd;
 use std::ptr;
 
@@ -34,6 +34,10 @@ pub(crate) struct Slot {
     /// The record of the file lent under this number (dead between files); null
     /// before the first registration and after `close_now` detached its record.
     current: AtomicPtr<Record>,
+    /// The incarnation last registered here, beside `current` so that a pin reads
+    /// both at once: its check before the add (`Ticket::pin`) adds no load to the
+    /// chain that leads to the add.
+    incarnation: AtomicU64,
     /// Serialises registrations of this number; holds its next incarnation.
     next_incarnation: Mutex<u64>,
 }
@@ -42,6 +46,7 @@ impl Slot {
     fn new() -> Slot {
         Slot {
             current: AtomicPtr::new(ptr::null_mut()),
+            incarnation: AtomicU64::new(u64::MAX),
             next_incarnation: Mutex::new(0),
         }
     }
@@ -54,6 +59,14 @@ impl Slot {
         // SAFETY: non-null pointers here come from `pool().take()`, whose records live
         // as long as the pool (the process, or the loom execution with this table).
         (!record.is_null()).then(|| unsafe { &*record })
+    }
+
+    /// The incarnation last registered under this number (`u64::MAX`, never one,
+    /// before the first).
+    #[inline]
+    pub(crate) fn incarnation(&self) -> u64 {
+        // Relaxed: see `register`.
+        self.incarnation.load(Ordering::Relaxed)
     }
 
     /// Opens `fd`'s next incarnation in this slot's record, counting the owner.
@@ -84,6 +97,9 @@ impl Slot {
                 record
             }
         };
+        // Relaxed: a hint for stale pins, which check the record itself after their
+        // add; a pin of this file's ticket is ordered after this registration anyway.
+        self.incarnation.store(incarnation, Ordering::Relaxed);
         match record.liveness.open(max_loans < MAX_LOANS) {
             Ok(()) => {}
             Err(Refusal::Live) => unreachable!("a dead record opened under the slot's lock"),
@@ -136,6 +152,7 @@ impl Table {
         }
     }
 
+    #[inline]
     fn split(fd: RawFd) -> Option<(usize, usize)> {
         let index = usize::try_from(fd)
             .ok()
@@ -144,6 +161,7 @@ impl Table {
     }
 
     /// The slot of `fd`, if its page exists.
+    #[inline]
     pub(crate) fn get(&self, fd: RawFd) -> Option<&Slot> {
         let (page, index) = Self::split(fd)?;
         // Acquire pairs with the Release publishing the page in `get_or_insert`.
@@ -194,6 +212,13 @@ impl Table {
     #[inline]
     pub(crate) fn current(&self, fd: RawFd) -> Option<&'static Record> {
         self.get(fd)?.current()
+    }
+
+    /// The record last registered under `fd` and that registration's incarnation.
+    #[inline]
+    pub(crate) fn current_with_incarnation(&self, fd: RawFd) -> Option<(&'static Record, u64)> {
+        let slot = self.get(fd)?;
+        Some((slot.current()?, slot.incarnation()))
     }
 
     /// Detaches `fd`'s revoked record (see `Slot::detach`).

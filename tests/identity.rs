@@ -5,9 +5,11 @@
 
 mod common;
 
-use common::{identity, join, memfd_with, occupy_with, pattern, pread_exact, serial};
+use common::{identity, join, memfd_with, occupy_with, pattern, pread_exact, serial, spin_until};
 use fdlend::{LendError, Lender};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread;
 
 const LEN: usize = 512;
@@ -103,4 +105,59 @@ fn a_revoked_loan_dropped_after_its_number_is_reused_touches_only_its_own_file()
     );
     drop(new_loan);
     assert!(matches!(closing.result(), Some(Ok(()))));
+}
+
+/// Registrations of new files on a number while a stale ticket of it is pinned in a
+/// loop: on the old pin (add first, check after) about a third were refused.
+const STORM_REGISTRATIONS: usize = if cfg!(miri) { 20 } else { 800 };
+
+#[test]
+fn a_stale_ticket_pinned_in_a_loop_never_counts_on_the_numbers_new_files() {
+    let file = OwnedFd::from(memfd_with(&pattern(3, LEN)));
+    let fd = file.as_raw_fd();
+    let (stale, mut file) = lend_and_take_back(file);
+    let stop = Arc::new(AtomicBool::new(false));
+    let pins = Arc::new(AtomicU64::new(0));
+    let pinner = {
+        let (stop, pins) = (Arc::clone(&stop), Arc::clone(&pins));
+        thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match stale.pin() {
+                    Err(LendError::Stale { .. } | LendError::Closed { .. }) => {
+                        pins.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => panic!("a stale ticket pinned: {other:?}"),
+                }
+            }
+        })
+    };
+    let mut refused = 0;
+    for _ in 0..STORM_REGISTRATIONS {
+        // A new file on the same number each time (the same open file, registered
+        // anew: a new epoch), lent to nobody, then taken back.
+        let mut lender = Lender::new(file).unwrap();
+        assert_eq!(lender.as_raw_fd(), fd);
+        // The stale ticket is pinned at least once while this file is lent.
+        let before = pins.load(Ordering::Relaxed);
+        spin_until("a pin of the stale ticket", || {
+            pins.load(Ordering::Relaxed) != before
+        });
+        file = loop {
+            match lender.into_owned_fd() {
+                Ok(file) => break file,
+                // Still ours: try again once the stale pin's unit is gone.
+                Err(back) => {
+                    refused += 1;
+                    lender = back;
+                }
+            }
+        };
+    }
+    stop.store(true, Ordering::Relaxed);
+    join(pinner);
+    assert_eq!(
+        refused, 0,
+        "a file nobody borrowed was refused its take-back {refused} times in {STORM_REGISTRATIONS}"
+    );
+    assert_eq!(pread_exact(&file, LEN, 0), pattern(3, LEN));
 }

@@ -233,3 +233,80 @@ fn a_raw_loan_returned_twice_or_after_close_now_is_a_typed_error() {
     drop(again_loan);
     again.try_close().expect("nothing lent").unwrap();
 }
+
+/// Rounds of the double-return race below: on the old two-step return (a load that
+/// checks for a raw token, then the `fetch_sub`) a safe loan's count went missing
+/// within ~80k of them.
+const RACE_ROUNDS: usize = if cfg!(miri) { 300 } else { 400_000 };
+
+#[test]
+fn a_double_return_racing_the_return_never_takes_a_safe_loans_count() {
+    let lender = lender_of(8);
+    let fd = lender.as_raw_fd();
+    let loan = lender.loan().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    // Returns "the token" again and again: whenever one is out it races the owner's
+    // own return of it; when none is, it is refused.
+    let doubler = {
+        let stop = Arc::clone(&stop);
+        thread::spawn(move || {
+            let mut took = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                // SAFETY: the misuse under test: a copy of tokens of `fd` returned
+                // twice. Nothing uses the fd through it; the safe loan keeps it open.
+                let token = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                // SAFETY: as above.
+                match unsafe { fdlend::return_fd(token) } {
+                    Ok(()) => took += 1,
+                    Err(LendError::NotLent { .. }) => {}
+                    Err(other) => panic!("a double return failed with {other}"),
+                }
+            }
+            took
+        })
+    };
+    let (mut refused, mut seen_low) = (0u64, 0usize);
+    let started = std::time::Instant::now();
+    for _ in 0..RACE_ROUNDS {
+        // SAFETY: returned at once below (or taken by the doubler); never used.
+        let token = unsafe { lender.lend_fd() }.unwrap();
+        // SAFETY: `token` came from `lend_fd`; the doubler may have returned it first.
+        match unsafe { fdlend::return_fd(token) } {
+            Ok(()) => {}
+            Err(LendError::NotLent { .. }) => refused += 1,
+            Err(other) => panic!("the owner's return failed with {other}"),
+        }
+        if lender.outstanding() == 0 {
+            seen_low += 1;
+        }
+        // A bound for a loaded machine: the race needs both threads running.
+        if started.elapsed() > std::time::Duration::from_secs(20) {
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let took = join(doubler);
+    assert_eq!(
+        seen_low, 0,
+        "outstanding() read 0 while a safe loan was alive"
+    );
+    // Every token was given back once: by the owner, or taken by the double return,
+    // or (if the doubler was preempted between its subtraction and its undo while
+    // the owner's return retried) still counted, its return refused: a leak, never
+    // an early close. Those the owner can still give back.
+    let leaked = lender.outstanding() as u64 - 1;
+    eprintln!(
+        "double returns took {took} tokens; {leaked} left counted, {refused} owner returns refused"
+    );
+    assert_eq!(refused, took + leaked, "the books balance");
+    for _ in 0..leaked {
+        // SAFETY: each leaked unit is a raw token of this file still counted.
+        let token = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        // SAFETY: as above.
+        unsafe { fdlend::return_fd(token) }.unwrap();
+    }
+    assert_eq!(lender.outstanding(), 1, "the safe loan, nothing else");
+    assert_eq!(pread_exact(&loan, LEN, 0), pattern(8, LEN));
+    drop(loan);
+    lender.try_close().expect("nothing lent").unwrap();
+}

@@ -158,6 +158,21 @@ pub fn uncontended_clone(
         b,
         Target::AtMost(1.0),
     ));
+    // Both closures hold the reference itself (`move`), so neither pays an extra
+    // load for the closure's own capture.
+    let rc_ref = &rc;
+    let (a, b) = pair(
+        settings,
+        &mut move || drop(black_box(black_box(lender).local_loan())),
+        &mut move || drop(black_box(Rc::clone(black_box(rc_ref)))),
+    );
+    rows.push(row(
+        "`local_loan()` + drop",
+        a,
+        "`Rc<OwnedFd>` clone + drop",
+        b,
+        Target::AtMost(1.0),
+    ));
     drop(rc);
 
     let ticket = lender.ticket();
@@ -232,18 +247,34 @@ pub fn two_threads(
         b,
         Target::AtMost(0.5),
     ));
-    let (a, b) = pair(
-        settings,
-        &mut || drop(black_box(black_box(&shared).clone())),
-        &mut || drop(black_box(Arc::clone(black_box(arc)))),
-    );
-    rows.push(row(
-        "`SharedLoan` clone + drop, 1 thread",
-        a,
-        "`Arc<OwnedFd>`",
-        b,
-        Target::None,
-    ));
+    // The CPU number from the rseq area glibc registers (the default), then from
+    // `sched_getcpu` (the fallback where there is none).
+    for rseq in [true, false] {
+        let used = fdlend::bench::cpu_from_rseq(rseq);
+        let (a, b) = pair(
+            settings,
+            &mut || drop(black_box(black_box(&shared).clone())),
+            &mut || drop(black_box(Arc::clone(black_box(arc)))),
+        );
+        let (name, target) = if used {
+            (
+                "`SharedLoan` clone + drop, 1 thread (CPU from rseq)",
+                Target::AtMost(1.1),
+            )
+        } else if rseq {
+            (
+                "`SharedLoan` clone + drop, 1 thread (no rseq area: `sched_getcpu`)",
+                Target::AtMost(1.1),
+            )
+        } else {
+            (
+                "`SharedLoan` clone + drop, 1 thread (CPU from `sched_getcpu`)",
+                Target::None,
+            )
+        };
+        rows.push(row(name, a, "`Arc<OwnedFd>`", b, target));
+    }
+    fdlend::bench::cpu_from_rseq(true);
     drop((loans, arcs));
     for file in files {
         file.close_wait().unwrap();

@@ -6,6 +6,7 @@
 //! cargo bench --bench lending               # progress on stderr, then the table
 //! cargo bench --bench lending -- --table    # the markdown table alone (for README)
 //! cargo bench --bench lending -- --quick    # fewer, shorter rounds (a smoke test)
+//! cargo bench --bench lending -- --core     # the one-file rows alone
 //! ```
 //!
 //! A counting `#[global_allocator]` measures allocations per loan for the 200k-in-flight
@@ -17,6 +18,7 @@
 mod cases;
 mod counting_alloc;
 mod in_flight;
+mod scale;
 mod table;
 mod timing;
 
@@ -44,6 +46,8 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let table_only = args.iter().any(|a| a == "--table");
     let quick = args.iter().any(|a| a == "--quick");
+    // The one-file rows alone, for a quick look at the core ratios.
+    let core_only = args.iter().any(|a| a == "--core");
     let settings = if quick {
         Settings {
             rounds: 3,
@@ -58,33 +62,60 @@ fn main() {
     let started = Instant::now();
     let mut rows = Vec::new();
 
+    let (fit, fd_limit) = scale::raise_fd_limit();
     let file = memfd(1 << 20);
+    // First, on fd numbers never lent before: their records and table pages are new.
+    let churn = if core_only {
+        Vec::new()
+    } else {
+        vec![scale::churn(&file, fit)]
+    };
     let arc = Arc::new(OwnedFd::from(file.try_clone().unwrap()));
     let lender = Lender::try_from(file).unwrap();
 
     cases::hand_off(&settings, &lender, &mut rows);
     let (loan, local, weak) = cases::uncontended_clone(&settings, &lender, &arc, &mut rows);
     let (sharded, shared) = cases::two_threads(&settings, &lender, &loan, &arc, &mut rows);
-    cases::pread_hand_off(&settings, &lender, &mut rows);
+    if !core_only {
+        cases::pread_hand_off(&settings, &lender, &mut rows);
+        scale::two_files(&settings, &lender, &mut rows);
+        for n in [1, 1000, fit] {
+            scale::many_files(&settings, &lender, n, &mut rows);
+        }
+    }
+    let fd_note = format!(
+        "`ulimit -n` here: {fd_limit} (soft raised to hard), so at most {fit} files are lent at once{}.",
+        if fit < 100_000 { " instead of 100,000" } else { "" }
+    );
 
-    eprintln!("200k loans in flight");
     let mut memory = Vec::new();
-    let in_flight = 200_000usize;
-    memory.push(in_flight_cost("`Loan` (`loan()`)", in_flight, || {
-        lender.loan().unwrap()
-    }));
-    memory.push(in_flight_cost("`SharedLoan` (`clone`)", in_flight, || {
-        shared.clone()
-    }));
-    memory.push(in_flight_cost(
-        "`Arc<OwnedFd>` (`clone`)",
-        in_flight,
-        || Arc::clone(&arc),
-    ));
-    memory.push(dup_in_flight(&lender, in_flight));
+    if !core_only {
+        eprintln!("200k loans in flight");
+        let in_flight = 200_000usize;
+        memory.push(in_flight_cost("`Loan` (`loan()`)", in_flight, || {
+            lender.loan().unwrap()
+        }));
+        memory.push(in_flight_cost("`SharedLoan` (`clone`)", in_flight, || {
+            shared.clone()
+        }));
+        memory.push(in_flight_cost(
+            "`Arc<OwnedFd>` (`clone`)",
+            in_flight,
+            || Arc::clone(&arc),
+        ));
+        memory.push(dup_in_flight(&lender, in_flight));
+    }
 
     drop((loan, local, shared, sharded, arc, weak));
     lender.close_wait().unwrap();
 
-    print_table(&rows, &memory, &settings, started.elapsed(), table_only);
+    print_table(
+        &rows,
+        &memory,
+        &churn,
+        &fd_note,
+        &settings,
+        started.elapsed(),
+        table_only,
+    );
 }

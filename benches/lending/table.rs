@@ -2,6 +2,7 @@
 //! tables they end up in (stdout; `--table` prints those alone, for the README).
 
 use crate::in_flight::Memory;
+use crate::scale::Churn;
 use crate::timing::Settings;
 use std::time::Duration;
 
@@ -59,26 +60,37 @@ pub fn row(
     }
 }
 
-/// CPU model, CPU count and kernel: the numbers mean little without them.
-fn machine() -> String {
-    let model = std::process::Command::new("lscpu")
-        .output()
-        .ok()
-        .and_then(|out| {
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .find(|l| l.starts_with("Model name:"))
-                .map(|l| l["Model name:".len()..].trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_owned());
+/// CPU model and vendor (from /proc/cpuinfo), CPU count and kernel: the numbers
+/// mean little without them, and a table must never mix vendors.
+pub fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        cpuinfo
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_owned())
+    };
+    let model = field("model name").unwrap_or_else(|| "unknown CPU".to_owned());
+    let vendor = match field("vendor_id").as_deref() {
+        Some("AuthenticAMD") => "AMD".to_owned(),
+        Some("GenuineIntel") => "Intel".to_owned(),
+        Some(other) => other.to_owned(),
+        None => "unknown vendor".to_owned(),
+    };
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("{model}, {cpus} CPUs, Linux {}", kernel.trim())
+    format!(
+        "{model} (vendor: {vendor}), {cpus} CPUs, Linux {}",
+        kernel.trim()
+    )
 }
 
 pub fn print_table(
     rows: &[Row],
     memory: &[Memory],
+    churn: &[Churn],
+    fd_note: &str,
     settings: &Settings,
     took: Duration,
     table_only: bool,
@@ -109,6 +121,23 @@ pub fn print_table(
         println!(
             "| {} | {} | {:.1} | {:.4} | {:.4} | {:.1} | {} |",
             m.name, m.held, m.bytes_per, m.allocs_per, m.fds_per, m.ns_per, m.note
+        );
+    }
+    println!();
+    println!("{fd_note}");
+    println!();
+    println!("| files registered, lent once, closed | fdlend ns / file | `dup` + `close` ns / file | ratio | heap B / lent file | resident B / lent file | heap B kept / file after close |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    for c in churn {
+        println!(
+            "| {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {:.0} |",
+            c.files,
+            c.lend_ns,
+            c.dup_ns,
+            c.lend_ns / c.dup_ns,
+            c.heap_per_file,
+            c.rss_per_file,
+            c.kept_heap_per_file
         );
     }
     if !table_only {
