@@ -799,9 +799,17 @@ mod tests {
         word.begin_close();
         assert_eq!(word.release_owner(), Released::Kept);
         assert_eq!(word.load().count(), 0, "only the raw token holds the file");
-        assert_eq!(word.reopen(), Ok(()), "not drained: the owner takes it back");
+        assert_eq!(
+            word.reopen(),
+            Ok(()),
+            "not drained: the owner takes it back"
+        );
         assert_eq!(word.load().state(), State::Open);
         assert_eq!(word.load().loans(), 1);
-        assert_eq!(word.release_raw(), Ok(Released::Kept), "the owner still counts");
+        assert_eq!(
+            word.release_raw(),
+            Ok(Released::Kept),
+            "the owner still counts"
+        );
     }
 }
