@@ -2,25 +2,36 @@
 //! still be used, and by how many.
 //!
 //! ```text
-//!  63        40   39     38      37       36      35      34          0
-//! +------------+------+-------+--------+-------+-------+-------------+
-//! |  raw (24)  | DEAD |REVOKED|ORPHANED|CLOSING|LIMITED| count (35)  |
-//! +------------+------+-------+--------+-------+-------+-------------+
+//!  63               30   29     28      27      26      25     24   23        0
+//! +-------------------+------+-------+--------+-------+-------+-----+-----------+
+//! | count field (34)  | DEAD |REVOKED|ORPHANED|CLOSING|LIMITED|GUARD|  raw (24) |
+//! +-------------------+------+-------+--------+-------+-------+-----+-----------+
 //! ```
 //!
 //! * **count** is the number of counted references: the owner's own (unless
 //!   `ORPHANED`), every loan, and for a moment every attempt to take one. Taking and
-//!   giving back are one unconditional `fetch_add`/`fetch_sub` each, as in `Arc`: an
-//!   attempt that turns out not to be allowed gives its unit back.
+//!   giving back are one unconditional add each, as in `Arc`: an attempt that turns
+//!   out not to be allowed gives its unit back. The field holds the count plus a
+//!   base that depends on the flags (see below), so that the *sign bit of the sum*
+//!   says everything the hot paths need: they are `lock add` + `js`, like `Arc`'s
+//!   `lock inc` + `jle`, with no load of the old value, no mask and no compare.
+//! * **base**: a word without flags keeps `FAST_BASE` (2^33 - 2^30) in the field, so
+//!   the sum turns negative exactly when the count reaches 2^30 (the loan limit of
+//!   an unlimited word). A word with any flag keeps `SLOW_BASE` (2^33), so it is
+//!   negative at every count. Hence, after any add or subtract of one unit:
+//!   non-negative ⇔ no flag and the count below 2^30. A take that stays
+//!   non-negative is admitted; a give-back that stays non-negative cannot be the
+//!   last (no flag means the owner's own unit is still counted). Everything else
+//!   goes to a slow path that decodes the word. Changing the flags moves the base
+//!   in the same compare-and-swap, so the count itself never changes meaning.
 //! * **raw** counts the raw tokens, apart from `count`: a raw return is one
-//!   `fetch_sub` on this field alone, checked afterwards, so a return with no raw
-//!   token outstanding (a double return) wraps this field for a moment and is undone
-//!   without ever touching a safe loan's or the owner's unit (see
-//!   `Liveness::release_raw`). The word is free (no reference) when count and raw
-//!   are both zero.
-//! * **LIMITED**: the file has a loan limit below [`MAX_LOANS`]. Without it a take
-//!   checks the count against a constant, reading nothing but the word it just
-//!   added to; with it, takes go the slow way and read the limit.
+//!   subtraction on this field alone, checked afterwards, so a return with no raw
+//!   token outstanding (a double return) borrows the **GUARD** bit (always set in
+//!   a settled word) for a moment and is undone without ever touching a safe
+//!   loan's or the owner's unit (see `Liveness::release_raw`). The word is free (no
+//!   reference) when count and raw are both zero and the guard is set.
+//! * **LIMITED**: the file has a loan limit below [`MAX_LOANS`]: takes go the slow
+//!   way and read the limit.
 //! * **CLOSING**: the owner has begun closing; new loans are refused, clones are not.
 //! * **ORPHANED**: the owner's own reference is gone too; only loans remain, so the
 //!   loan limit stays exact while the file drains.
@@ -30,26 +41,40 @@
 //!   revoked word's count to zero makes it dead again, with one compare-and-swap that
 //!   only one thread can win.
 //!
+//! The field has room for both bases with every count a word can reach (at most
+//! 2^30 + one attempt in flight per thread): nothing ever carries out of bit 63.
+//!
 //! This module knows nothing about fds or syscalls; it is the state machine alone.
 //! Which file a word counts (its fd and incarnation) is kept beside it by
 //! `record.rs`; a word is reused only once it is dead, so a reference counted in it
 //! always belongs to the file that was live when it was taken.
 
 use crate::sync::{AtomicU64, Ordering};
+use std::convert::Infallible;
 
-const COUNT_BITS: u32 = 35;
-const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
-const LIMITED: u64 = 1 << 35;
-const CLOSING: u64 = 1 << 36;
-const ORPHANED: u64 = 1 << 37;
-const REVOKED: u64 = 1 << 38;
-const DEAD: u64 = 1 << 39;
-const RAW_ONE: u64 = 1 << 40;
-const RAW_MASK: u64 = !((1 << 40) - 1);
-/// The references that keep a word live: count and raw together.
-const HELD_MASK: u64 = COUNT_MASK | RAW_MASK;
-/// New raw tokens are refused from here on (bit 63 set), which leaves 2^22 units of
-/// headroom for the transient `+1`s of racing attempts.
+const RAW_ONE: u64 = 1;
+/// Set in every settled word: a raw return with no token borrows it, not the flags.
+const GUARD: u64 = 1 << 24;
+/// The raw tokens and the guard: `GUARD + raw` in a settled word.
+const RAW_FIELD: u64 = (1 << 25) - 1;
+const LIMITED: u64 = 1 << 25;
+const CLOSING: u64 = 1 << 26;
+const ORPHANED: u64 = 1 << 27;
+const REVOKED: u64 = 1 << 28;
+const DEAD: u64 = 1 << 29;
+const FLAGS: u64 = LIMITED | CLOSING | ORPHANED | REVOKED | DEAD;
+const COUNT_SHIFT: u32 = 30;
+/// One counted reference.
+const UNIT: u64 = 1 << COUNT_SHIFT;
+/// The count field of a word without flags, at count zero: the sum turns negative
+/// when the count reaches 2^30.
+const FAST_BASE: u64 = ((1 << 33) - (1 << 30)) << COUNT_SHIFT;
+/// The count field of a word with any flag, at count zero: negative at every count.
+const SLOW_BASE: u64 = 1 << 63;
+/// The dead word, as fresh and as every claim leaves it.
+const DEAD_WORD: u64 = SLOW_BASE | DEAD | GUARD;
+/// New raw tokens are refused from here on (bit 23 of a settled field), which leaves
+/// 2^23 units of headroom below the guard for racing attempts.
 const RAW_LIMIT: u64 = 1 << 23;
 /// How often a raw return that found no token tries again: another return's
 /// subtraction may have been in flight (its undo is two instructions away unless its
@@ -59,17 +84,42 @@ const RETURN_RETRIES: u32 = 64;
 /// Under loom one retry shows the path; more would only multiply the model's states.
 #[cfg(loom)]
 const RETURN_RETRIES: u32 = 1;
-/// Raw field values from here up are a wrapped field: over-returns in flight, each
-/// about to be undone. A legitimate field is below it (tokens + attempts).
-const RAW_WRAPPED: u64 = 3 << 22;
 
-/// The most loans a word admits (the owner's reference aside): far below the count
-/// field's capacity, so transient attempts can never carry into the flags. Raw tokens
-/// count apart, up to `RAW_LIMIT` more (a `LIMITED` word's own limit covers both).
+/// The most loans a word admits (the owner's reference aside): where an unlimited
+/// word's sum turns negative (count 2^30, the owner included), so the hot paths
+/// test nothing else. Raw tokens count apart, up to `RAW_LIMIT` more (a `LIMITED`
+/// word's own limit covers both).
 pub(crate) const MAX_LOANS: u32 = (1 << 30) - 2;
 /// The count below which any unlimited word admits one more reference (the
 /// owner's included).
 const ADMIT_BELOW: u64 = MAX_LOANS as u64 + 1;
+// The fast side ends exactly where an unlimited word stops admitting...
+const _: () = assert!(FAST_BASE + (ADMIT_BELOW + 1) * UNIT == SLOW_BASE);
+// ...and a flagged word at the limit, with an attempt in flight on every thread any
+// process can have (2^22), still fits in the field.
+const _: () = assert!(((SLOW_BASE >> COUNT_SHIFT) + ADMIT_BELOW + (1 << 22)) < 1 << 34);
+
+/// The base a word with these flags keeps in its count field.
+const fn base(flags: u64) -> u64 {
+    if flags == 0 {
+        FAST_BASE
+    } else {
+        SLOW_BASE
+    }
+}
+
+/// `word` with its flags replaced by `flags`, the base moved with them.
+const fn with_flags(word: u64, flags: u64) -> u64 {
+    let old = word & FLAGS;
+    (word - old - base(old)).wrapping_add(base(flags)) + flags
+}
+
+/// Whether a word after an add or subtract of one unit is on the fast side: no
+/// flag, count below 2^30. One sign test of the sum the add produced.
+#[inline(always)]
+const fn fast(after: u64) -> bool {
+    (after as i64) >= 0
+}
 
 /// What a word says about its file, for telling a refusal apart.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -89,18 +139,24 @@ pub(crate) enum State {
 pub(crate) struct Word(u64);
 
 impl Word {
-    pub(crate) const fn count(self) -> u64 {
-        self.0 & COUNT_MASK
+    const fn flags(self) -> u64 {
+        self.0 & FLAGS
     }
 
-    /// Raw tokens outstanding (a field wrapped by over-returns in flight reads 0).
+    pub(crate) const fn count(self) -> u64 {
+        (self.0 - base(self.flags())) >> COUNT_SHIFT
+    }
+
+    /// Raw tokens outstanding (a field whose guard a double return borrowed, for
+    /// the moment before its undo, reads 0).
     pub(crate) const fn raw(self) -> u64 {
-        let raw = self.0 >> 40;
-        if raw < RAW_WRAPPED {
-            raw
-        } else {
-            0
-        }
+        (self.0 & RAW_FIELD).saturating_sub(GUARD)
+    }
+
+    /// Whether anything keeps the word live: a counted reference, a raw token, or a
+    /// double return in flight (its undo finishes for it).
+    const fn held(self) -> bool {
+        self.count() != 0 || self.0 & RAW_FIELD != GUARD
     }
 
     pub(crate) const fn counts_owner(self) -> bool {
@@ -162,7 +218,7 @@ impl Liveness {
     #[cfg(not(loom))]
     pub(crate) const fn new() -> Liveness {
         Liveness {
-            word: AtomicU64::new(DEAD),
+            word: AtomicU64::new(DEAD_WORD),
         }
     }
 
@@ -170,7 +226,7 @@ impl Liveness {
     #[cfg(loom)]
     pub(crate) fn new() -> Liveness {
         Liveness {
-            word: AtomicU64::new(DEAD),
+            word: AtomicU64::new(DEAD_WORD),
         }
     }
 
@@ -182,74 +238,105 @@ impl Liveness {
         Word(self.word.load(Ordering::Acquire))
     }
 
-    /// Dead → Open, counting the owner's reference. Attempts that are in flight on
-    /// the dead word (a stale pin's `+1`, given back soon) are carried over, so their
-    /// give-back balances. The caller holds the fd number's registration lock and has
-    /// written the record's fields, which this Release publishes.
-    pub(crate) fn open(&self, limited: bool) -> Result<(), Refusal> {
+    /// Changes the flags (and adds to the count) in one compare-and-swap: `next`
+    /// maps the word seen to the word wanted, or refuses with what it saw.
+    fn update<E>(
+        &self,
+        success: Ordering,
+        mut next: impl FnMut(u64) -> Result<u64, E>,
+    ) -> Result<Word, E> {
         let mut current = self.word.load(Ordering::Relaxed);
         loop {
-            if current & DEAD == 0 {
-                return Err(Refusal::Live);
-            }
-            // Raw over-returns in flight on the dead word are carried too.
-            let next = (current & HELD_MASK) + 1 + if limited { LIMITED } else { 0 };
-            // Release pairs with the Acquire of every pin and `load`: whoever sees
-            // this incarnation live sees its fd and incarnation too.
             match self.word.compare_exchange_weak(
                 current,
-                next,
-                Ordering::Release,
+                next(current)?,
+                success,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return Ok(()),
+                Ok(old) => return Ok(Word(old)),
                 Err(seen) => current = seen,
             }
         }
     }
 
+    /// `update` that always applies.
+    fn swap(&self, success: Ordering, mut next: impl FnMut(u64) -> u64) -> Word {
+        match self.update(success, |current| Ok::<u64, Infallible>(next(current))) {
+            Ok(old) => old,
+            Err(never) => match never {},
+        }
+    }
+
+    /// Dead → Open, counting the owner's reference. Attempts that are in flight on
+    /// the dead word (a stale pin's unit, given back soon) are carried over, so their
+    /// give-back balances; so are raw over-returns in flight. The caller holds the fd
+    /// number's registration lock and has written the record's fields, which this
+    /// Release publishes.
+    pub(crate) fn open(&self, limited: bool) -> Result<(), Refusal> {
+        let flags = if limited { LIMITED } else { 0 };
+        // Release pairs with the Acquire of every pin and `load`: whoever sees this
+        // incarnation live sees its fd and incarnation too.
+        self.update(Ordering::Release, |current| {
+            if current & DEAD == 0 {
+                return Err(Word(current));
+            }
+            Ok(with_flags(current, flags) + UNIT)
+        })
+        .map(drop)
+        .map_err(|_| Refusal::Live)
+    }
+
     /// One more reference by a holder of one (a clone, the owner's loan, a local
-    /// loan sent): one `fetch_add`. `admit_below` gives the loan limit + 1; it is
-    /// only asked for when the word is `LIMITED` or near full.
+    /// loan sent): one add, tested by its sign. `admit_below` gives the loan limit
+    /// + 1; it is only asked for when the word has a flag or is full.
     #[inline]
     pub(crate) fn acquire_held(&self, admit_below: impl FnOnce() -> u64) -> Result<(), Refusal> {
         // Relaxed, as `Arc::clone`: the caller's own reference keeps the word live and
         // it already synchronised with the registration when it got that reference.
-        let old = self.word.fetch_add(1, Ordering::Relaxed);
-        // One compare with a constant covers the common case: no limit of its own,
-        // count under the global one, not orphaned (where the owner no longer counts)
-        // and not revoked.
-        if old & (COUNT_MASK | LIMITED | ORPHANED | REVOKED) < ADMIT_BELOW {
+        let old = self.word.fetch_add(UNIT, Ordering::Relaxed);
+        // Non-negative: no flag (no limit of its own, not closing, orphaned or
+        // revoked) and the count under the global limit. Only the sign of the sum is
+        // read, so x86 tests the flags of a `lock add` (the slow path reads the word
+        // again rather than keep `old`).
+        if fast(old.wrapping_add(UNIT)) {
             return Ok(());
         }
-        self.acquire_held_slow(Word(old), admit_below())
+        self.acquire_held_slow(admit_below())
     }
 
+    /// Decides on the word as it is now, with this attempt's unit in it. That is as
+    /// good as the word the add returned: the caller's reference keeps the word from
+    /// dying, `REVOKED` never clears while it is counted, and every loan is admitted
+    /// only at a moment when the count (admitted loans and attempts together) was
+    /// within the limit, so the admitted loans never exceed it.
     #[cold]
     #[inline(never)]
-    fn acquire_held_slow(&self, old: Word, admit_below: u64) -> Result<(), Refusal> {
-        let refusal = match old.state() {
-            State::Revoked | State::Dead => Refusal::Not(old.state()),
-            _ if old.loans() < admit_below - 1 => return Ok(()),
+    fn acquire_held_slow(&self, admit_below: u64) -> Result<(), Refusal> {
+        // Relaxed: the count and the flags are all that is read; the caller holds a
+        // reference, so nothing about the file itself is learnt here.
+        let now = Word(self.word.load(Ordering::Relaxed));
+        let refusal = match now.state() {
+            State::Revoked | State::Dead => Refusal::Not(now.state()),
+            _ if now.loans() < admit_below => return Ok(()),
             _ => Refusal::Saturated,
         };
         // Relaxed: the caller still holds its own reference, so this never drains and
         // publishes nothing.
-        self.word.fetch_sub(1, Ordering::Relaxed);
+        self.word.fetch_sub(UNIT, Ordering::Relaxed);
         Err(refusal)
     }
 
-    /// A new reference from nothing (a ticket's pin): one `fetch_add`. On `Err` the
+    /// A new reference from nothing (a ticket's pin): one add. On `Err` the
     /// attempt's unit is still counted and the caller must `release` it (which may
     /// drain the word: the attempt was then the last reference).
     #[inline]
     pub(crate) fn try_acquire_new(&self, admit_below: impl FnOnce() -> u64) -> Result<(), Word> {
         // Acquire pairs with `open`'s Release: the new reference may read the record's
         // fields and use the fd, so it must see the registration.
-        let old = self.word.fetch_add(1, Ordering::Acquire);
-        // Any flag (limited, closing, orphaned, revoked, dead) or a full count goes
-        // the slow way.
-        if old & !RAW_MASK < ADMIT_BELOW {
+        let old = self.word.fetch_add(UNIT, Ordering::Acquire);
+        // Any flag (limited, closing, orphaned, revoked, dead) or a full count makes
+        // the sum negative.
+        if fast(old.wrapping_add(UNIT)) {
             return Ok(());
         }
         Self::try_acquire_new_slow(Word(old), admit_below())
@@ -264,16 +351,40 @@ impl Liveness {
         }
     }
 
-    /// Gives one reference back: one `fetch_sub`.
+    /// Gives one reference back: one add of minus one unit, tested by its sign.
     #[inline]
     pub(crate) fn release(&self) -> Released {
         // Release pairs with the Acquire of whoever drains the word: every use of the
-        // fd through this reference happens before the close.
-        let old = self.word.fetch_sub(1, Ordering::Release);
-        if old & HELD_MASK != 1 {
+        // fd through this reference happens before the close. (An add of the
+        // negation, not a subtraction, and only the sign of the sum read: x86 then
+        // tests the flags of a `lock add`.)
+        let old = self.word.fetch_add(UNIT.wrapping_neg(), Ordering::Release);
+        // Non-negative: no flag, so the owner's own unit is still counted and this
+        // was not the last.
+        if fast(old.wrapping_sub(UNIT)) {
             return Released::Kept;
         }
-        self.release_last(Word(old - 1))
+        self.release_slow()
+    }
+
+    /// A release that left the word negative (a flag is set, or it is full): if
+    /// nothing holds it now, claim it. Reading the word again instead of keeping
+    /// what the add returned loses nothing: the claim is a compare-and-swap from
+    /// the word read, whoever's release made it free, and exactly one of the
+    /// threads that find it free wins it.
+    #[cold]
+    #[inline(never)]
+    fn release_slow(&self) -> Released {
+        // Relaxed: the claim's own Acquire is what orders the releases before it.
+        self.released(Word(self.word.load(Ordering::Relaxed)))
+    }
+
+    /// Something left the word at `now`: if nothing holds it any more, claim it.
+    fn released(&self, now: Word) -> Released {
+        if now.held() {
+            return Released::Kept;
+        }
+        self.release_last(now)
     }
 
     /// Count and raw just reached zero at `now`: claim the word for the one thread
@@ -293,7 +404,7 @@ impl Liveness {
         // all of them happened before the close or the recycling that follows.
         match self
             .word
-            .compare_exchange(now.0, DEAD, CLAIM_ORDERING, Ordering::Relaxed)
+            .compare_exchange(now.0, DEAD_WORD, CLAIM_ORDERING, Ordering::Relaxed)
         {
             Ok(_) if now.0 & REVOKED != 0 => Released::Retired,
             Ok(_) => Released::Drained,
@@ -306,26 +417,23 @@ impl Liveness {
         // Relaxed: this publishes nothing. The close signal reaches the drainer through
         // the record's mutex, and the owner's own `release_owner` (Release, later in
         // this thread) is what the drainer's claim acquires.
-        self.word.fetch_or(CLOSING, Ordering::Relaxed);
+        self.swap(Ordering::Relaxed, |current| {
+            with_flags(current, current & FLAGS | CLOSING)
+        });
     }
 
     /// The owner gives its own reference back (its `Lender` and local loans are all
     /// gone); from now on the count is loans only.
     pub(crate) fn release_owner(&self) -> Released {
-        // Sets ORPHANED (clear until now: the owner releases once) and subtracts one
-        // in the same add. Release: as for any reference in `release`.
-        let old = Word(
-            self.word
-                .fetch_add(ORPHANED.wrapping_sub(1), Ordering::Release),
-        );
+        // Sets ORPHANED and takes the owner's unit in the same swap. Release: as for
+        // any reference in `release`.
+        let orphan = |current: u64| with_flags(current, current & FLAGS | ORPHANED) - UNIT;
+        let old = self.swap(Ordering::Release, orphan);
         assert!(
             old.counts_owner() && old.0 & (CLOSING | REVOKED) != 0 || old.0 & REVOKED != 0,
             "fdlend: owner released its reference of {old:?} without closing"
         );
-        if old.0 & HELD_MASK != 1 {
-            return Released::Kept;
-        }
-        self.release_last(Word(old.0 + ORPHANED - 1))
+        self.released(Word(orphan(old.0)))
     }
 
     /// Open with only the owner's reference → Dead, in one step. Fails (with what
@@ -334,10 +442,11 @@ impl Liveness {
         // Relaxed: only LIMITED is read here, which is fixed while the caller holds
         // the owner's reference.
         let limited = self.word.load(Ordering::Relaxed) & LIMITED;
+        let owner_only = base(limited) + UNIT + limited + GUARD;
         // Acquire pairs with every reference's Release in `release`: their uses of the
         // fd happen before the owner takes it back.
         self.word
-            .compare_exchange(1 | limited, DEAD, Ordering::Acquire, Ordering::Relaxed)
+            .compare_exchange(owner_only, DEAD_WORD, Ordering::Acquire, Ordering::Relaxed)
             .map(|_| ())
             .map_err(Word)
     }
@@ -348,7 +457,9 @@ impl Liveness {
     pub(crate) fn revoke(&self) {
         // AcqRel: acquire the releases that did happen before the fd is closed, and
         // publish the revocation to pins that read the word afterwards.
-        let old = Word(self.word.fetch_or(REVOKED, Ordering::AcqRel));
+        let old = self.swap(Ordering::AcqRel, |current| {
+            with_flags(current, current & FLAGS | REVOKED)
+        });
         assert!(
             old.counts_owner(),
             "fdlend: revoke of {old:?}, which the owner no longer holds"
@@ -357,54 +468,43 @@ impl Liveness {
 
     /// Closing (owner released) → Open, counting the owner's reference again: a
     /// bounded close that ran out of time takes its file back. Refused (with what it
-    /// saw) once the count has reached zero or the word is dead, and while the
-    /// owner's reference is still counted (local loans share it). "Zero" is the count
-    /// and the raw field together, as for the drain's claim.
+    /// saw) once nothing holds the word or it is dead, and while the owner's
+    /// reference is still counted (local loans share it). "Nothing" is the count and
+    /// the raw field together, as for the drain's claim.
     ///
     /// Exactly one of this and the drain's claim wins, because both are one
     /// compare-and-swap on the word and each requires what the other destroys: the
-    /// claim (`release_last`) swaps a zero count and raw field for `DEAD`, while this
-    /// swaps a nonzero one, `CLOSING | ORPHANED`, for one more count without them. A
-    /// release that took the count to zero and lost its claim to a pin in flight
-    /// leaves the count above zero again; the reopen may then win, and the pin, which
-    /// read `CLOSING` in its own add, gives its unit back without draining (the
-    /// owner's unit is counted again). So there is never a double close, nor a file
-    /// both reopened and drained; a reopen refused at zero leaves a claim that some
-    /// release in flight is bound to make.
+    /// claim (`release_last`) swaps a word that nothing holds for the dead word,
+    /// while this swaps a held one, `CLOSING | ORPHANED`, for one more count without
+    /// them. A release that took the count to zero and lost its claim to a pin in
+    /// flight leaves the count above zero again; the reopen may then win, and the
+    /// pin, which saw `CLOSING` in its own add, gives its unit back without draining
+    /// (the owner's unit is counted again). So there is never a double close, nor a
+    /// file both reopened and drained; a reopen refused at zero leaves a claim that
+    /// some release in flight is bound to make.
     pub(crate) fn reopen(&self) -> Result<(), Word> {
-        // Relaxed: see the CAS.
-        let mut current = self.word.load(Ordering::Relaxed);
-        loop {
+        // Relaxed: the owner takes back the reference it gave away, and nothing is
+        // published or consumed with it. No drain happens for this close, so the
+        // loans' releases need not happen before anything (the fd stays open), and
+        // the owner's later uses are ordered by its own thread or, for a new close,
+        // by its next `release_owner`.
+        self.update(Ordering::Relaxed, |current| {
             let word = Word(current);
-            // Nothing held (count and raw field both zero): the drain is claimed or
-            // bound to be. Raw tokens alone (count zero) still hold the file.
-            if current & DEAD != 0 || current & HELD_MASK == 0 || word.counts_owner() {
+            // Raw tokens alone (count zero) still hold the file.
+            if current & DEAD != 0 || !word.held() || word.counts_owner() {
                 return Err(word);
             }
             assert!(
                 current & (REVOKED | CLOSING) == CLOSING,
                 "fdlend: reopen of {word:?}, which no closing owner left"
             );
-            let next = (current & !(CLOSING | ORPHANED)) + 1;
-            // Relaxed: the owner takes back the reference it gave away, and nothing
-            // is published or consumed with it. No drain happens for this close, so
-            // the loans' releases need not happen before anything (the fd stays
-            // open), and the owner's later uses are ordered by its own thread or, for
-            // a new close, by its next `release_owner`.
-            match self.word.compare_exchange_weak(
-                current,
-                next,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return Ok(()),
-                Err(seen) => current = seen,
-            }
-        }
+            Ok(with_flags(current, current & FLAGS & !(CLOSING | ORPHANED)) + UNIT)
+        })
+        .map(drop)
     }
 
     /// One more raw token by a holder of a reference (`lend_raw`, `lend_fd`): one
-    /// `fetch_add` on the raw field.
+    /// add on the raw field.
     #[inline]
     pub(crate) fn acquire_held_raw(
         &self,
@@ -412,8 +512,9 @@ impl Liveness {
     ) -> Result<(), Refusal> {
         // Relaxed: as in `acquire_held`.
         let old = self.word.fetch_add(RAW_ONE, Ordering::Relaxed);
-        // Bit 63 is set from RAW_LIMIT tokens on: one compare covers it too.
-        if old & (1 << 63 | COUNT_MASK | LIMITED | ORPHANED | REVOKED) < ADMIT_BELOW {
+        // Bit 63 clear: no flag, count under the limit; bit 23 clear: raw tokens
+        // under theirs (and the guard not borrowed).
+        if old & (1 << 63 | RAW_LIMIT) == 0 {
             return Ok(());
         }
         self.acquire_held_raw_slow(Word(old), admit_below())
@@ -422,7 +523,7 @@ impl Liveness {
     #[cold]
     #[inline(never)]
     fn acquire_held_raw_slow(&self, old: Word, admit_below: u64) -> Result<(), Refusal> {
-        // A wrapped field (a double return's subtraction in flight) reads as `raw()`
+        // A borrowed guard (a double return's subtraction in flight) reads as `raw()`
         // 0: the token is real and counts, whatever the undo does after it. Giving the
         // add back instead would let a racing double return take a unit that is no
         // token at all.
@@ -438,18 +539,18 @@ impl Liveness {
 
     /// One more raw token by a holder of a reference: the reference becomes the
     /// token's (`Loan::into_raw`), in one add (count - 1, raw + 1). Refused at the
-    /// raw limit, and while the field is wrapped (see `acquire_held_raw_slow`).
+    /// raw limit, and while the guard is borrowed (see `acquire_held_raw_slow`).
     pub(crate) fn mark_raw(&self) -> Result<(), Refusal> {
         // Relaxed: the caller's reference (now a token) keeps the word live; the
         // total of count and raw does not change, so nothing can drain here.
         let old = self
             .word
-            .fetch_add(RAW_ONE.wrapping_sub(1), Ordering::Relaxed);
+            .fetch_add(RAW_ONE.wrapping_sub(UNIT), Ordering::Relaxed);
         if Word(old).raw() < RAW_LIMIT {
             return Ok(());
         }
         self.word
-            .fetch_sub(RAW_ONE.wrapping_sub(1), Ordering::Relaxed);
+            .fetch_add(UNIT.wrapping_sub(RAW_ONE), Ordering::Relaxed);
         Err(Refusal::Saturated)
     }
 
@@ -460,42 +561,45 @@ impl Liveness {
         // Relaxed: the token's reference stays counted, as a loan now.
         let old = Word(
             self.word
-                .fetch_add(1u64.wrapping_sub(RAW_ONE), Ordering::Relaxed),
+                .fetch_add(UNIT.wrapping_sub(RAW_ONE), Ordering::Relaxed),
         );
         match raw_return(old) {
             Ok(()) => Ok(()),
             // Rare (a token made with `into_raw` given back twice): no retry here.
-            Err(refusal) => Err((refusal, self.undo(RAW_ONE.wrapping_sub(1)))),
+            Err(refusal) => Err((refusal, self.undo(RAW_ONE.wrapping_sub(UNIT)))),
         }
     }
 
-    /// Gives a raw token back, if one is outstanding: one `fetch_sub` on the raw field,
-    /// checked afterwards. A return with none outstanding (a double return) wraps the
-    /// field and undoes that at once; it never touches the count, so no safe loan's
-    /// or owner's unit is taken, not even for a moment, and the worst a double return
-    /// racing other raw returns can do is take another *raw token*'s unit (that
-    /// token's own return is then refused `NotLent`).
+    /// Gives a raw token back, if one is outstanding: one subtraction on the raw
+    /// field, checked afterwards. A return with none outstanding (a double return)
+    /// borrows the guard and undoes that at once; it never touches the count, so no
+    /// safe loan's or owner's unit is taken, not even for a moment, and the worst a
+    /// double return racing other raw returns can do is take another *raw token*'s
+    /// unit (that token's own return is then refused `NotLent`).
     ///
     /// On refusal the `Released` says whether the undo freed the word (a release
-    /// that raced it found the field wrapped and left the claim to it): the caller
+    /// that raced it found the guard borrowed and left the claim to it): the caller
     /// finishes with it as with any release.
     #[inline]
     pub(crate) fn release_raw(&self) -> Result<Released, (Refusal, Released)> {
         // Release: as in `release`.
         let old = self.word.fetch_sub(RAW_ONE, Ordering::Release);
-        if (old >> 40).wrapping_sub(1) < RAW_WRAPPED - 1 && old & DEAD == 0 {
-            return Ok(self.released_raw(Word(old)));
+        // No flag (the owner still counts, so this is not the last) and a token was
+        // there: done.
+        if fast(old) && old & RAW_FIELD > GUARD {
+            return Ok(Released::Kept);
         }
-        self.over_returned(Word(old))
+        self.raw_released(Word(old))
     }
 
-    /// A raw return took a token out of `old`: was it the word's last reference?
-    #[inline]
-    fn released_raw(&self, old: Word) -> Released {
-        if old.0 & HELD_MASK != RAW_ONE {
-            return Released::Kept;
+    /// A raw return that the fast test could not settle.
+    #[cold]
+    #[inline(never)]
+    fn raw_released(&self, old: Word) -> Result<Released, (Refusal, Released)> {
+        match raw_return(old) {
+            Ok(()) => Ok(self.released(Word(old.0 - RAW_ONE))),
+            Err(_) => self.over_returned(old),
         }
-        self.release_last(Word(old.0 - RAW_ONE))
     }
 
     /// A raw return found no token: undo, and try again a few times in case another
@@ -507,7 +611,7 @@ impl Liveness {
         loop {
             let refusal = match raw_return(old) {
                 Err(refusal) => refusal,
-                Ok(()) => return Ok(self.released_raw(old)),
+                Ok(()) => return Ok(self.released(Word(old.0 - RAW_ONE))),
             };
             let released = self.undo(RAW_ONE);
             // A dead word stays dead for a token of it; an undo that freed the word
@@ -525,29 +629,24 @@ impl Liveness {
         }
     }
 
-    /// Adds back what a refused raw return took out. While it was out the raw field
-    /// was wrapped (nonzero), so a release that meanwhile took the count to zero did
-    /// not claim the word: if this add leaves the word free, the claim (and the close
-    /// or recycling after it) is this thread's.
+    /// Adds back what a refused raw return took out. While it was out the guard was
+    /// borrowed, so a release that meanwhile took the count to zero did not claim
+    /// the word: if this add leaves the word free, the claim (and the close or
+    /// recycling after it) is this thread's.
     fn undo(&self, delta: u64) -> Released {
         // AcqRel: Release as any give-back; Acquire (with the claim's own) so that the
         // releases this add follows in the word's order happen before the close.
         let old = self.word.fetch_add(delta, Ordering::AcqRel);
-        let now = Word(old.wrapping_add(delta));
-        if now.0 & HELD_MASK != 0 {
-            return Released::Kept;
-        }
-        self.release_last(now)
+        self.released(Word(old.wrapping_add(delta)))
     }
 }
 
 /// Whether a word seen by a raw return (before its own subtraction) had a raw token
 /// outstanding, and if not, why.
 fn raw_return(old: Word) -> Result<(), Refusal> {
-    let raw = old.0 >> 40;
     if old.0 & DEAD != 0 {
         Err(Refusal::Not(State::Dead))
-    } else if raw == 0 || raw >= RAW_WRAPPED {
+    } else if old.0 & RAW_FIELD <= GUARD {
         Err(Refusal::NotLent)
     } else {
         Ok(())
@@ -570,6 +669,11 @@ mod tests {
         ADMIT_BELOW
     }
 
+    /// An open, unlimited word holding `count` references and no raw token.
+    fn open_with(count: u64) -> Word {
+        Word(FAST_BASE + count * UNIT + GUARD)
+    }
+
     /// A limit of `n` loans.
     fn limit(n: u64) -> impl Fn() -> u64 {
         move || n + 1
@@ -590,7 +694,7 @@ mod tests {
     #[test]
     fn open_counts_the_owner_and_refuses_a_live_word() {
         let word = open();
-        assert_eq!(word.load(), Word(1));
+        assert_eq!(word.load(), open_with(1));
         assert_eq!(word.load().state(), State::Open);
         assert_eq!(word.open(false), Err(Refusal::Live));
     }
@@ -688,14 +792,14 @@ mod tests {
             "the owner and the attempt in flight"
         );
         assert_eq!(word.release(), Released::Kept, "the attempt gives back");
-        assert_eq!(word.load(), Word(1));
+        assert_eq!(word.load(), open_with(1));
     }
 
     #[test]
     fn a_revoked_word_counts_down_to_retired() {
         let word = open();
         word.acquire_held(any).unwrap();
-        assert_eq!(word.retire_if_unlent(), Err(Word(2)));
+        assert_eq!(word.retire_if_unlent(), Err(open_with(2)));
         word.revoke();
         assert_eq!(word.acquire_held(any), Err(Refusal::Not(State::Revoked)));
         assert_eq!(word.release_owner(), Released::Kept);
@@ -719,7 +823,7 @@ mod tests {
         );
         assert_eq!(
             word.load(),
-            Word(2),
+            open_with(2),
             "the owner and the loan, field unwrapped"
         );
     }
@@ -756,7 +860,11 @@ mod tests {
             word.release_raw(),
             Err((Refusal::Not(State::Dead), Released::Kept))
         );
-        assert_eq!(word.load(), Word(DEAD), "the refused return left no trace");
+        assert_eq!(
+            word.load(),
+            Word(DEAD_WORD),
+            "the refused return left no trace"
+        );
     }
     #[test]
     fn a_reopen_and_the_drain_claim_exclude_each_other() {
@@ -789,7 +897,60 @@ mod tests {
             Released::Kept,
             "the pin gives back, no drain"
         );
-        assert_eq!(word.load(), Word(1));
+        assert_eq!(word.load(), open_with(1));
+    }
+
+    #[test]
+    fn an_unlimited_word_stops_at_max_loans_on_its_fast_path_and_keeps_its_count_through_a_close() {
+        let word = open();
+        // The owner and MAX_LOANS - 1 loans, stored directly (2^30 adds take seconds).
+        word.word
+            .store(open_with(MAX_LOANS as u64).0, Ordering::Relaxed);
+        word.acquire_held(any).unwrap();
+        assert_eq!(word.load().loans(), MAX_LOANS as u64);
+        assert_eq!(word.acquire_held(any), Err(Refusal::Saturated));
+        let refused = word.try_acquire_new(any).unwrap_err();
+        assert_eq!(refused.loans(), MAX_LOANS as u64);
+        assert_eq!(word.release(), Released::Kept, "the refused pin gives back");
+        assert_eq!(word.load(), open_with(ADMIT_BELOW), "nothing lost");
+        word.begin_close();
+        assert_eq!(word.load().state(), State::Closing);
+        assert_eq!(
+            word.load().loans(),
+            MAX_LOANS as u64,
+            "the base moved, not the count"
+        );
+        assert_eq!(word.acquire_held(any), Err(Refusal::Saturated));
+        assert_eq!(word.release_owner(), Released::Kept);
+        assert_eq!(word.load().loans(), MAX_LOANS as u64);
+        assert_eq!(word.reopen(), Ok(()));
+        assert_eq!(
+            word.load(),
+            open_with(ADMIT_BELOW),
+            "open again, same count"
+        );
+    }
+
+    #[test]
+    fn every_flag_change_keeps_count_and_raw() {
+        let word = open_limited();
+        word.acquire_held(limit(5)).unwrap();
+        word.acquire_held_raw(limit(5)).unwrap();
+        let counted = |word: &Liveness| (word.load().count(), word.load().raw());
+        assert_eq!(counted(&word), (2, 1));
+        word.begin_close();
+        assert_eq!(counted(&word), (2, 1));
+        assert_eq!(word.release_owner(), Released::Kept);
+        assert_eq!(counted(&word), (1, 1), "the owner's unit went");
+        assert_eq!(word.reopen(), Ok(()));
+        assert_eq!(counted(&word), (2, 1), "and came back");
+        assert_eq!(word.load().state(), State::Open);
+        word.revoke();
+        assert_eq!(counted(&word), (2, 1));
+        assert_eq!(word.release_owner(), Released::Kept);
+        assert_eq!(word.release(), Released::Kept);
+        assert_eq!(word.release_raw(), Ok(Released::Retired));
+        assert_eq!(word.load(), Word(DEAD_WORD));
     }
 
     #[test]

@@ -60,7 +60,7 @@ pub(crate) fn gone(fd: RawFd) -> LendError {
 /// is dropped. `Send + Sync + Clone`, `'static`, 8 bytes, no allocation of its own
 /// (its file has one record, made when the file is lent).
 ///
-/// Cloning and dropping cost one uncontended `fetch_add`/`fetch_sub` each, as `Arc`
+/// Cloning and dropping cost one uncontended atomic add each, tested by its sign, as `Arc`
 /// does: a loan points at its file's record, which is never reused while a loan
 /// counts in it, so it needs no identity check.
 pub struct Loan {

@@ -55,8 +55,8 @@ fn main() {
         }
     } else {
         Settings {
-            rounds: 9,
-            sample: Duration::from_millis(30),
+            rounds: 31,
+            sample: Duration::from_millis(10),
         }
     };
     let started = Instant::now();
