@@ -13,6 +13,7 @@ use crate::table;
 use std::fmt;
 use std::fs::File;
 use std::io;
+use std::mem::ManuallyDrop;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 
@@ -22,9 +23,11 @@ use std::rc::Rc;
 /// Dropping it is a deferred close: the fd closes now if nothing is lent, otherwise
 /// when the last loan returns. See the `close*` methods for the other modes.
 pub struct Lender {
-    /// The owner's counted reference, shared with every `LocalLoan`. `None` only
-    /// between a consuming method taking it and `Drop` running.
-    owner: Option<Rc<OwnerRef>>,
+    /// The owner's counted reference, shared with every `LocalLoan`. Taken out once,
+    /// by `take_owner` (which then forgets the `Lender`) or by `Drop`; a plain field
+    /// rather than an `Option` so that `local_loan()` is a bare `Rc` clone, with no
+    /// check of its own.
+    owner: ManuallyDrop<Rc<OwnerRef>>,
 }
 
 impl Lender {
@@ -56,22 +59,20 @@ impl Lender {
         // The fd now belongs to this incarnation's record; `fd::close` ends it.
         let raw = fd.into_raw_fd();
         Ok(Lender {
-            owner: Some(Rc::new(OwnerRef::new(record, raw, epoch))),
+            owner: ManuallyDrop::new(Rc::new(OwnerRef::new(record, raw, epoch))),
         })
     }
 
     /// The owner again, from its reference taken back by a bounded close.
     pub(crate) fn from_owner(owner: OwnerRef) -> Lender {
         Lender {
-            owner: Some(Rc::new(owner)),
+            owner: ManuallyDrop::new(Rc::new(owner)),
         }
     }
 
     #[inline]
     fn owner(&self) -> &Rc<OwnerRef> {
-        self.owner
-            .as_ref()
-            .expect("fdlend: Lender used after it was consumed")
+        &self.owner
     }
 
     /// A counted loan for any thread (one atomic operation). Refused with
@@ -137,8 +138,11 @@ impl Lender {
         self.owner().record.max_loans()
     }
 
-    fn take_owner(mut self) -> Rc<OwnerRef> {
-        self.owner.take().expect("fdlend: Lender consumed twice")
+    fn take_owner(self) -> Rc<OwnerRef> {
+        let mut this = ManuallyDrop::new(self);
+        // SAFETY: `this` is never dropped, so `Lender::drop` never sees this owner, and
+        // `self` was moved in: nothing else can take it again.
+        unsafe { ManuallyDrop::take(&mut this.owner) }
     }
 
     /// Deferred close: the fd closes now if nothing is lent, otherwise on the thread
@@ -232,7 +236,9 @@ impl Lender {
             // SAFETY: `retire` killed the word, so nothing else counts or closes `fd`;
             // the `OwnedFd` is its only owner from here.
             Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
-            Err(owner) => Err(Lender { owner: Some(owner) }),
+            Err(owner) => Err(Lender {
+                owner: ManuallyDrop::new(owner),
+            }),
         }
     }
 
@@ -298,12 +304,13 @@ fn begin_close(owner: Rc<OwnerRef>, signal: Option<Arc<CloseSignal>>) {
 
 impl Drop for Lender {
     fn drop(&mut self) {
-        if let Some(owner) = self.owner.take() {
-            match retire(owner) {
-                // SAFETY: `retire` killed the word, handing the fd to us alone.
-                Ok(fd) => drop(unsafe { fd::close(fd) }),
-                Err(owner) => begin_close(owner, None),
-            }
+        // SAFETY: drop runs once, and never for a `Lender` whose owner `take_owner`
+        // took (it forgets the `Lender`); the field is not used after this.
+        let owner = unsafe { ManuallyDrop::take(&mut self.owner) };
+        match retire(owner) {
+            // SAFETY: `retire` killed the word, handing the fd to us alone.
+            Ok(fd) => drop(unsafe { fd::close(fd) }),
+            Err(owner) => begin_close(owner, None),
         }
     }
 }
@@ -338,15 +345,11 @@ impl TryFrom<File> for Lender {
 
 impl fmt::Debug for Lender {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.owner {
-            Some(owner) => f
-                .debug_struct("Lender")
-                .field("fd", &owner.fd)
-                .field("epoch", &owner.epoch)
-                .field("outstanding", &self.outstanding())
-                .finish(),
-            None => f.write_str("Lender(consumed)"),
-        }
+        f.debug_struct("Lender")
+            .field("fd", &self.owner.fd)
+            .field("epoch", &self.owner.epoch)
+            .field("outstanding", &self.outstanding())
+            .finish()
     }
 }
 
