@@ -291,6 +291,16 @@ impl Liveness {
     /// + 1; it is only asked for when the word has a flag or is full.
     #[inline]
     pub(crate) fn acquire_held(&self, admit_below: impl FnOnce() -> u64) -> Result<(), Refusal> {
+        if self.add_held() {
+            return Ok(());
+        }
+        self.acquire_held_slow(admit_below())
+    }
+
+    /// The add of `acquire_held`: true if that settled it (admitted). Otherwise the
+    /// unit is counted and `acquire_held_slow` must decide.
+    #[inline]
+    pub(crate) fn add_held(&self) -> bool {
         // Relaxed, as `Arc::clone`: the caller's own reference keeps the word live and
         // it already synchronised with the registration when it got that reference.
         let old = self.word.fetch_add(UNIT, Ordering::Relaxed);
@@ -298,10 +308,7 @@ impl Liveness {
         // revoked) and the count under the global limit. Only the sign of the sum is
         // read, so x86 tests the flags of a `lock add` (the slow path reads the word
         // again rather than keep `old`).
-        if fast(old.wrapping_add(UNIT)) {
-            return Ok(());
-        }
-        self.acquire_held_slow(admit_below())
+        fast(old.wrapping_add(UNIT))
     }
 
     /// Decides on the word as it is now, with this attempt's unit in it. That is as
@@ -311,7 +318,7 @@ impl Liveness {
     /// within the limit, so the admitted loans never exceed it.
     #[cold]
     #[inline(never)]
-    fn acquire_held_slow(&self, admit_below: u64) -> Result<(), Refusal> {
+    pub(crate) fn acquire_held_slow(&self, admit_below: u64) -> Result<(), Refusal> {
         // Relaxed: the count and the flags are all that is read; the caller holds a
         // reference, so nothing about the file itself is learnt here.
         let now = Word(self.word.load(Ordering::Relaxed));
@@ -352,8 +359,19 @@ impl Liveness {
     }
 
     /// Gives one reference back: one add of minus one unit, tested by its sign.
-    #[inline]
+    /// (`Record::release` makes the same two calls, with its slow path out of line.)
+    #[cfg(test)]
     pub(crate) fn release(&self) -> Released {
+        if self.subtract() {
+            return Released::Kept;
+        }
+        self.release_slow()
+    }
+
+    /// The subtraction of `release`: true if that settled it (not the last).
+    /// Otherwise `release_slow` must finish.
+    #[inline]
+    pub(crate) fn subtract(&self) -> bool {
         // Release pairs with the Acquire of whoever drains the word: every use of the
         // fd through this reference happens before the close. (An add of the
         // negation, not a subtraction, and only the sign of the sum read: x86 then
@@ -361,10 +379,7 @@ impl Liveness {
         let old = self.word.fetch_add(UNIT.wrapping_neg(), Ordering::Release);
         // Non-negative: no flag, so the owner's own unit is still counted and this
         // was not the last.
-        if fast(old.wrapping_sub(UNIT)) {
-            return Released::Kept;
-        }
-        self.release_slow()
+        fast(old.wrapping_sub(UNIT))
     }
 
     /// A release that left the word negative (a flag is set, or it is full): if
@@ -374,7 +389,7 @@ impl Liveness {
     /// threads that find it free wins it.
     #[cold]
     #[inline(never)]
-    fn release_slow(&self) -> Released {
+    pub(crate) fn release_slow(&self) -> Released {
         // Relaxed: the claim's own Acquire is what orders the releases before it.
         self.released(Word(self.word.load(Ordering::Relaxed)))
     }

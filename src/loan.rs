@@ -108,17 +108,26 @@ impl Clone for Loan {
     /// either may happen.
     #[inline]
     fn clone(&self) -> Loan {
-        match self.try_clone() {
-            Ok(loan) => loan,
-            Err(error) => clone_failed(error),
+        let record = self.record;
+        if record.liveness.add_held() {
+            return Loan { record };
         }
+        clone_slow(record)
     }
 }
 
+/// The rest of a clone the sign did not settle (its unit is counted). Out of line
+/// and returning the loan, so the hot path keeps nothing across a call.
 #[cold]
 #[inline(never)]
-fn clone_failed(error: LendError) -> ! {
-    panic!("Loan::clone: {error}")
+fn clone_slow(record: &'static Record) -> Loan {
+    match record.liveness.acquire_held_slow(record.admit_below()) {
+        Ok(()) => Loan { record },
+        Err(refusal) => panic!(
+            "Loan::clone: {}",
+            refusal_to_error(record.fd(), refusal, record)
+        ),
+    }
 }
 
 impl Drop for Loan {

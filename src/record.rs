@@ -116,7 +116,18 @@ impl Record {
     /// Gives back one reference of a handle (a loan, a refused pin).
     #[inline]
     pub(crate) fn release(&'static self) {
-        match self.liveness.release() {
+        if !self.liveness.subtract() {
+            self.release_slow();
+        }
+    }
+
+    /// The rest of a release the sign did not settle. Out of line and taking only
+    /// `self`, so the hot path keeps nothing across a call (no register to save
+    /// before its atomic add).
+    #[cold]
+    #[inline(never)]
+    fn release_slow(&'static self) {
+        match self.liveness.release_slow() {
             Released::Kept => {}
             other => self.finish(other),
         }
