@@ -20,20 +20,37 @@ static OFFSET: AtomicI64 = AtomicI64::new(UNKNOWN);
 /// The calling thread's CPU number.
 #[inline]
 pub(crate) fn current() -> usize {
+    match rseq_current() {
+        Some(cpu) => cpu,
+        None => current_slow(),
+    }
+}
+
+/// The calling thread's CPU number if the rseq area has it (one load beside the
+/// thread pointer), else `None` (not looked up yet, or no area).
+#[inline]
+pub(crate) fn rseq_current() -> Option<usize> {
     // Relaxed: the offset is fixed for the process; any thread that reads a real
     // offset reads the one value ever stored there.
     let offset = OFFSET.load(Ordering::Relaxed);
-    if offset > NONE {
-        // SAFETY: a real offset was stored only after `look_up` found glibc's rseq
-        // area registered (`__rseq_size` > 0), and glibc registers it for every
-        // thread it starts, at that offset from the thread pointer, for the thread's
-        // whole life.
-        let cpu = unsafe { rseq_cpu_id(offset) };
-        // A thread whose registration failed reads a negative marker.
-        if (cpu as i32) >= 0 {
-            return cpu as usize;
-        }
-    } else if offset == UNKNOWN {
+    if offset <= NONE {
+        return None;
+    }
+    // A thread whose registration failed reads a negative marker (-1 or -2), which is
+    // still a hint: masked to the shard count, it names a shard like any number. So
+    // no test here, on the path of every clone and drop.
+    // SAFETY: a real offset was stored only after `look_up` found glibc's rseq area
+    // registered (`__rseq_size` > 0), and glibc registers it for every thread it
+    // starts, at that offset from the thread pointer, for the thread's whole life.
+    Some(unsafe { rseq_cpu_id(offset) } as usize)
+}
+
+/// `current` without the rseq area: look it up the first time, else ask the kernel.
+#[cold]
+#[inline(never)]
+fn current_slow() -> usize {
+    // Relaxed: as in `rseq_current`.
+    if OFFSET.load(Ordering::Relaxed) == UNKNOWN {
         look_up();
         return current();
     }

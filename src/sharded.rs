@@ -76,19 +76,35 @@ struct Family {
 }
 
 impl Family {
+    /// The shard for `hint` (any number: masked to the shard count).
     #[inline]
-    fn shard(&self) -> &AtomicU64 {
-        let index = shard_hint() & (self.shards.len() - 1);
+    fn shard_at(&self, hint: usize) -> &AtomicU64 {
+        let index = hint & (self.shards.len() - 1);
         // SAFETY: `shards.len()` is a power of two (`shard_count`), so the mask keeps
         // `index` below it.
         unsafe { &self.shards.get_unchecked(index).0 }
     }
 
     /// One more reference; the caller holds one already (`Arc::clone`'s rule), so the
-    /// family cannot end meanwhile.
+    /// family cannot end meanwhile. Where the CPU number is not a plain read, out of
+    /// line: the hot path then calls nothing and saves no register before its add.
     #[inline]
     fn acquire(&self) {
-        let shard = self.shard();
+        match quick_hint() {
+            Some(hint) => self.acquire_at(hint),
+            None => self.acquire_slow(),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn acquire_slow(&self) {
+        self.acquire_at(shard_hint());
+    }
+
+    #[inline]
+    fn acquire_at(&self, hint: usize) {
+        let shard = self.shard_at(hint);
         // Relaxed, as `Arc::clone`: the caller's reference already keeps the fd open,
         // and the kill's swap sees this add or sends it to the central count (the
         // atomicity of the add is what matters, not its ordering). No load first: it
@@ -110,10 +126,35 @@ impl Family {
 ///   afterwards.
 #[inline]
 unsafe fn release(family: NonNull<Family>) {
+    match quick_hint() {
+        // SAFETY: the caller's contract, passed on.
+        Some(hint) => unsafe { release_at(family, hint) },
+        // SAFETY: as above.
+        None => unsafe { release_slow(family) },
+    }
+}
+
+/// `release` where the CPU number is not a plain read, out of line (see `acquire`).
+///
+/// # Safety
+/// - As for `release`.
+#[cold]
+#[inline(never)]
+unsafe fn release_slow(family: NonNull<Family>) {
+    // SAFETY: the caller's contract, passed on.
+    unsafe { release_at(family, shard_hint()) }
+}
+
+/// `release` on the shard for `hint`.
+///
+/// # Safety
+/// - As for `release`.
+#[inline]
+unsafe fn release_at(family: NonNull<Family>, hint: usize) {
     // SAFETY: the caller's reference keeps the family alive until it is given back,
     // which is the last access below on every path.
     let shared = unsafe { family.as_ref() };
-    let shard = shared.shard();
+    let shard = shared.shard_at(hint);
     // Release pairs with the kill's Acquire swap of this shard: uses of the fd through
     // this reference happen before whoever ends the family (and so before the close).
     // (`< 1` rather than `< 0` on the value before: the same verdict on every
@@ -198,6 +239,19 @@ const CENTRAL_RELEASE_ORDERING: Ordering = Ordering::Release;
 #[inline]
 fn shard_hint() -> usize {
     crate::cpu::current()
+}
+
+/// The shard hint if it is one plain read (the rseq area), else `None`.
+#[cfg(not(any(loom, miri)))]
+#[inline]
+fn quick_hint() -> Option<usize> {
+    crate::cpu::rseq_current()
+}
+
+/// Under loom and Miri every hint is quick (see `shard_hint` below).
+#[cfg(any(loom, miri))]
+fn quick_hint() -> Option<usize> {
+    Some(shard_hint())
 }
 
 /// Miri cannot call `sched_getcpu` (a foreign function): each thread gets the next
