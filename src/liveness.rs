@@ -23,7 +23,7 @@
 //!   non-negative is admitted; a give-back that stays non-negative cannot be the
 //!   last (no flag means the owner's own unit is still counted). Everything else
 //!   goes to a slow path that decodes the word. Changing the flags moves the base
-//!   in the same compare-and-swap, so the count itself never changes meaning.
+//!   in the same atomic step, so the count itself never changes meaning.
 //! * **raw** counts the raw tokens, apart from `count`: a raw return is one
 //!   subtraction on this field alone, checked afterwards, so a return with no raw
 //!   token outstanding (a double return) borrows the **GUARD** bit (always set in
@@ -50,7 +50,6 @@
 //! always belongs to the file that was live when it was taken.
 
 use crate::sync::{AtomicU64, Ordering};
-use std::convert::Infallible;
 
 const RAW_ONE: u64 = 1;
 /// Set in every settled word: a raw return with no token borrows it, not the flags.
@@ -112,6 +111,13 @@ const fn base(flags: u64) -> u64 {
 const fn with_flags(word: u64, flags: u64) -> u64 {
     let old = word & FLAGS;
     (word - old - base(old)).wrapping_add(base(flags)) + flags
+}
+
+/// What to add to a word whose flags are `flags` to set `flag` (not set yet): the
+/// flag, and the base's move if it is the word's first.
+const fn flag_delta(flags: u64, flag: u64) -> u64 {
+    flag.wrapping_add(base(flags | flag))
+        .wrapping_sub(base(flags))
 }
 
 /// Whether a word after an add or subtract of one unit is on the fast side: no
@@ -256,14 +262,6 @@ impl Liveness {
                 Ok(old) => return Ok(Word(old)),
                 Err(seen) => current = seen,
             }
-        }
-    }
-
-    /// `update` that always applies.
-    fn swap(&self, success: Ordering, mut next: impl FnMut(u64) -> u64) -> Word {
-        match self.update(success, |current| Ok::<u64, Infallible>(next(current))) {
-            Ok(old) => old,
-            Err(never) => match never {},
         }
     }
 
@@ -429,26 +427,40 @@ impl Liveness {
 
     /// The owner begins closing: new loans stop, existing ones drain.
     pub(crate) fn begin_close(&self) {
+        let flags = self.owners_flags();
+        if flags & CLOSING != 0 {
+            return;
+        }
         // Relaxed: this publishes nothing. The close signal reaches the drainer through
         // the record's mutex, and the owner's own `release_owner` (Release, later in
         // this thread) is what the drainer's claim acquires.
-        self.swap(Ordering::Relaxed, |current| {
-            with_flags(current, current & FLAGS | CLOSING)
-        });
+        self.word
+            .fetch_add(flag_delta(flags, CLOSING), Ordering::Relaxed);
+    }
+
+    /// The flags, read by the owner while its own unit is counted: then nothing but
+    /// the owner changes them (a claim needs the count at zero, a registration a
+    /// dead word), so the read stays true until the owner's next change, and that
+    /// change can be one add instead of a compare-and-swap loop.
+    fn owners_flags(&self) -> u64 {
+        // Relaxed: only the flags are used, and only this thread writes them now.
+        self.word.load(Ordering::Relaxed) & FLAGS
     }
 
     /// The owner gives its own reference back (its `Lender` and local loans are all
     /// gone); from now on the count is loans only.
     pub(crate) fn release_owner(&self) -> Released {
-        // Sets ORPHANED and takes the owner's unit in the same swap. Release: as for
-        // any reference in `release`.
-        let orphan = |current: u64| with_flags(current, current & FLAGS | ORPHANED) - UNIT;
-        let old = self.swap(Ordering::Release, orphan);
+        let flags = self.owners_flags();
         assert!(
-            old.counts_owner() && old.0 & (CLOSING | REVOKED) != 0 || old.0 & REVOKED != 0,
-            "fdlend: owner released its reference of {old:?} without closing"
+            flags & ORPHANED == 0 && flags & (CLOSING | REVOKED) != 0,
+            "fdlend: owner released its reference of {:?} without closing",
+            self.load()
         );
-        self.released(Word(orphan(old.0)))
+        // Sets ORPHANED and takes the owner's unit in the same add. Release: as for
+        // any reference in `release`.
+        let delta = flag_delta(flags, ORPHANED).wrapping_sub(UNIT);
+        let old = self.word.fetch_add(delta, Ordering::Release);
+        self.released(Word(old.wrapping_add(delta)))
     }
 
     /// Open with only the owner's reference → Dead, in one step. Fails (with what
@@ -470,15 +482,16 @@ impl Liveness {
     /// now on, and pins are refused. The owner still holds its reference (give it
     /// back with `release_owner`).
     pub(crate) fn revoke(&self) {
+        let flags = self.owners_flags();
+        assert!(
+            flags & (ORPHANED | REVOKED | DEAD) == 0,
+            "fdlend: revoke of {:?}, which the owner no longer holds",
+            self.load()
+        );
         // AcqRel: acquire the releases that did happen before the fd is closed, and
         // publish the revocation to pins that read the word afterwards.
-        let old = self.swap(Ordering::AcqRel, |current| {
-            with_flags(current, current & FLAGS | REVOKED)
-        });
-        assert!(
-            old.counts_owner(),
-            "fdlend: revoke of {old:?}, which the owner no longer holds"
-        );
+        self.word
+            .fetch_add(flag_delta(flags, REVOKED), Ordering::AcqRel);
     }
 
     /// Closing (owner released) → Open, counting the owner's reference again: a
