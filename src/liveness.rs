@@ -852,7 +852,7 @@ mod tests {
         assert_eq!(
             word.load(),
             open_with(2),
-            "the owner and the loan, field unwrapped"
+            "the owner and the loan, guard back"
         );
     }
 
@@ -862,12 +862,12 @@ mod tests {
         word.acquire_held(any).unwrap();
         word.begin_close();
         assert_eq!(word.release_owner(), Released::Kept);
-        // A double return's subtraction lands first: the field wraps...
-        let wrapped = word.word.fetch_sub(RAW_ONE, Ordering::Release);
-        assert_eq!(Word(wrapped).loans(), 1);
+        // A double return's subtraction lands first: it borrows the guard...
+        let borrowed = word.word.fetch_sub(RAW_ONE, Ordering::Release);
+        assert_eq!(Word(borrowed).loans(), 1);
         // ...so the last loan's release, racing it, cannot claim,
         assert_eq!(word.release(), Released::Kept);
-        assert_eq!(word.load().loans(), 0, "a wrapped field reads as no token");
+        assert_eq!(word.load().loans(), 0, "a borrowed guard reads as no token");
         // and the undo finds the word free and drains it, once.
         assert_eq!(word.undo(RAW_ONE), Released::Drained);
         assert_eq!(word.load().state(), State::Dead);
