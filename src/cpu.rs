@@ -95,10 +95,10 @@ unsafe fn rseq_cpu_id(offset: i64) -> u32 {
 #[inline]
 unsafe fn rseq_cpu_id(offset: i64) -> u32 {
     let area = thread_pointer().wrapping_offset(offset as isize);
+    // The kernel rewrites `cpu_id` only while this thread is not running, so an
+    // atomic view of it races with nothing.
     // SAFETY: the caller's contract puts this thread's registered `struct rseq` at
-    // `area`, 32-byte aligned, for the thread's life; `cpu_id` is its second `u32`.
-    // The kernel rewrites it only while this thread is not running, so an atomic
-    // view of it races with nothing.
+    // `area` (32-byte aligned, for the thread's life); `cpu_id` is its second `u32`.
     let cpu_id = unsafe { &*area.add(4).cast::<AtomicU32>() };
     // Relaxed: a hint, ordered against nothing.
     cpu_id.load(Ordering::Relaxed)
