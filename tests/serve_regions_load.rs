@@ -109,8 +109,12 @@ fn a_thousand_range_requests_from_32_clients_beside_an_idle_one() {
         at(1.0)
     );
     assert_eq!(latencies.len(), REQUESTS);
+    // What this bounds is that nobody waits behind the idle connection (its timeout
+    // is 30 s); the figures printed above are the measurement. 32 clients on a busy
+    // 2-core CI machine can take tens of ms on their own, so the bound is the one the
+    // other loopback tests use.
     assert!(
-        at(1.0) < Duration::from_millis(100),
+        at(1.0) < Duration::from_secs(1),
         "the slowest request took {:?}",
         at(1.0)
     );
