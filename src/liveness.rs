@@ -620,21 +620,12 @@ impl Liveness {
         self.raw_released(Word(old))
     }
 
-    /// A raw return that the fast test could not settle.
+    /// A raw return that the fast test could not settle: it took a token (was that
+    /// the last reference?), or it found none: then undo, and try again a few times
+    /// in case another return's subtraction (since undone) hid this one's token.
     #[cold]
     #[inline(never)]
-    fn raw_released(&self, old: Word) -> Result<Released, (Refusal, Released)> {
-        match raw_return(old) {
-            Ok(()) => Ok(self.released(Word(old.0 - RAW_ONE))),
-            Err(_) => self.over_returned(old),
-        }
-    }
-
-    /// A raw return found no token: undo, and try again a few times in case another
-    /// return's subtraction (since undone) hid this one's token.
-    #[cold]
-    #[inline(never)]
-    fn over_returned(&self, mut old: Word) -> Result<Released, (Refusal, Released)> {
+    fn raw_released(&self, mut old: Word) -> Result<Released, (Refusal, Released)> {
         let mut attempt = 0;
         loop {
             let refusal = match raw_return(old) {
